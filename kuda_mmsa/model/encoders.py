@@ -1,0 +1,132 @@
+"""Unimodal branches (KUDA.md §1): an encoder, its knowledge adapters and a decoder that
+predicts the modality's own sentiment score. Stage 1 trains one branch alone; stage 2 loads
+all three and freezes adapters and decoder."""
+import os
+from typing import Any, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..errors import KudaInputError
+from .adapters import AdapterChain, UnimodalDecoder
+from .config import KuDAConfig, scaled_layer_indices
+from .layers import TransformerStack, padding_mask
+
+
+def load_text_encoder(pretrained: Any) -> nn.Module:
+    """A BERT-like encoder from a local folder, a hub name already in the local cache, a
+    transformers config (random weights), or a ready module."""
+    from transformers import AutoModel, PretrainedConfig
+
+    if isinstance(pretrained, nn.Module):
+        return pretrained
+    if isinstance(pretrained, PretrainedConfig):
+        return AutoModel.from_config(pretrained)
+    local = os.path.isdir(str(pretrained))
+    try:
+        return AutoModel.from_pretrained(str(pretrained), local_files_only=local or None)
+    except Exception as exc:  # transformers raises many types for "not found"
+        raise KudaInputError(
+            f"Could not load the text encoder {str(pretrained)!r} (config key 'pretrained' or "
+            f"--pretrained): {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "Expected a local folder holding a BERT (config.json + weights) or a hub name present "
+            "in the local Hugging Face cache; this machine may have no hub access. Download the "
+            "model once (e.g. `huggingface-cli download bert-base-chinese --local-dir DIR`) and "
+            "pass --pretrained DIR."
+        ) from None
+
+
+class TextBranch(nn.Module):
+    """BERT on pre-tokenised text [B, 3, L] (ids, attention mask, segment ids)."""
+
+    modality = "T"
+
+    def __init__(self, config: KuDAConfig, text_encoder: Optional[nn.Module] = None):
+        super().__init__()
+        self.bert = load_text_encoder(text_encoder if text_encoder is not None else config.pretrained)
+        bert_cfg = self.bert.config
+        self.width = bert_cfg.hidden_size
+        self.vocab_size = bert_cfg.vocab_size
+        depth = bert_cfg.num_hidden_layers
+        self.taps = scaled_layer_indices(list(config.text_adapter_layers), depth)
+        self.norm = nn.LayerNorm(self.width)
+        self.adapters = AdapterChain(
+            self.width, len(self.taps), config.adapter_layers, config.adapter_heads,
+            config.adapter_dropout, self.norm,
+        )
+        self.decoder = UnimodalDecoder(2 * self.width, config.decoder_dropout)
+        self.out_width = 2 * self.width
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise KudaInputError(
+                f"Token ids in 'text_bert' range over [{lo}, {hi}] but the text encoder "
+                f"{self.bert.config.name_or_path!r} has a vocabulary of {self.vocab_size} tokens "
+                "(expected ids in [0, vocab_size)). The feature file was tokenised with another "
+                "BERT vocabulary (e.g. Chinese ids on an English BERT): set 'pretrained' to the "
+                "BERT the features were made with (bert-base-chinese for SIMS sets, "
+                "bert-base-uncased for MOSI/MOSEI)."
+            )
+
+    def forward(self, text: torch.Tensor, masked: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids = text[:, 0].long()
+        attn = text[:, 1].long()
+        seg = text[:, 2].long()
+        self.check_ids(ids)
+        out = self.bert(input_ids=ids, attention_mask=attn, token_type_ids=seg, output_hidden_states=True)
+        hs = out.hidden_states
+        pad = attn == 0
+        pad = pad & ~pad.all(dim=1, keepdim=True)  # an empty text keeps its positions valid
+        domain = self.adapters(hs[0], [hs[i] for i in self.taps], pad)
+        u = torch.cat([hs[-1], domain], dim=-1)
+        score = self.decoder(u, pad if masked else None)
+        return u, score, pad
+
+
+class SequenceBranch(nn.Module):
+    """Vision or audio: Linear + learned positions -> Transformer (all states kept) ->
+    3 adapters on states 1..3 -> decoder."""
+
+    def __init__(self, config: KuDAConfig, modality: str):
+        super().__init__()
+        self.modality = modality
+        d = config.av_hidden_size
+        self.width = d
+        self.max_len = config.seq_len(modality)
+        self.in_dim = config.feature_dim(modality)
+        self.proj = nn.Linear(self.in_dim, d)
+        self.pos = nn.Parameter(torch.zeros(1, self.max_len, d))
+        nn.init.normal_(self.pos, std=0.02)
+        self.encoder = TransformerStack(config.av_layers, d, config.av_heads, config.av_ff_size, config.av_dropout)
+        self.norm = nn.LayerNorm(d)
+        self.adapters = AdapterChain(
+            d, config.av_layers - 1, config.adapter_layers, config.adapter_heads, config.adapter_dropout, self.norm
+        )
+        self.decoder = UnimodalDecoder(2 * d, config.decoder_dropout)
+        self.out_width = 2 * d
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor], masked: bool = True):
+        b, l, f = x.shape
+        if f != self.in_dim or l > self.max_len:
+            raise KudaInputError(
+                f"{'vision' if self.modality == 'V' else 'audio'} features have shape {tuple(x.shape)}; "
+                f"the model was built for [batch, <= {self.max_len}, {self.in_dim}] (config keys "
+                "'seq_lens' / 'feature_dims', read from the training data). Use features of the "
+                "same extractor and padding as the data the model (or its stage-1 checkpoint) was built on."
+            )
+        pad = None
+        if lengths is not None:
+            pad = padding_mask(lengths.to(x.device), l)
+        states = self.encoder(self.proj(x) + self.pos[:, :l], pad, return_all=True)
+        specific = self.norm(states[-1])
+        domain = self.adapters(states[0], states[1:-1], pad)
+        u = torch.cat([specific, domain], dim=-1)
+        score = self.decoder(u, pad if masked else None)
+        return u, score, pad
+
+
+def build_branch(config: KuDAConfig, modality: str, text_encoder: Optional[nn.Module] = None) -> nn.Module:
+    if modality == "T":
+        return TextBranch(config, text_encoder)
+    return SequenceBranch(config, modality)

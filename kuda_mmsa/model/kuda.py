@@ -1,0 +1,114 @@
+"""The whole KuDA network and its MMSA forward contract.
+
+forward(text, audio, vision, audio_lengths=None, vision_lengths=None, labels=None) returns
+{'M': [B,1] prediction, 'T', 'V', 'A': [B,1] unimodal scores, 'ratio': [B,3] (T, V, A),
+ 'ce': correlation-estimation loss (unweighted scalar)}.
+"""
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .config import MODALITIES, KuDAConfig
+from .encoders import build_branch
+from .fusion import DAFBlock, LengthAlignment
+from .layers import masked_mean
+from .losses import correlation_estimation_loss
+from .ratio import RATIO_TARGETS, sentiment_ratio
+
+
+class OutputHead(nn.Module):
+    def __init__(self, width: int, sizes):
+        super().__init__()
+        layers, prev = [], width
+        for s in sizes:
+            layers += [nn.Linear(prev, s), nn.GELU()]
+            prev = s
+        layers.append(nn.Linear(prev, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class KuDA(nn.Module):
+    def __init__(self, config: KuDAConfig, text_encoder: Optional[nn.Module] = None):
+        super().__init__()
+        self.config = config
+        self.branches = nn.ModuleDict(
+            {m: build_branch(config, m, text_encoder if m == "T" else None) for m in MODALITIES}
+        )
+        text_len = config.seq_len("T")
+        self.align = nn.ModuleDict({
+            m: LengthAlignment(self.branches[m].out_width, config.seq_len(m), config.hidden_size, text_len)
+            for m in MODALITIES
+        })
+        self.blocks = nn.ModuleList(DAFBlock(config, len(MODALITIES)) for _ in range(config.fusion_layers))
+        self.head = OutputHead(config.hidden_size, config.head_sizes)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.config.fusion_mode == "dynamic"
+
+    # ------------------------------------------------------------------ knowledge
+    def knowledge_parameters(self):
+        """Adapters and decoders: pre-trained in stage 1, frozen in stage 2."""
+        for branch in self.branches.values():
+            yield from branch.adapters.parameters()
+            yield from branch.decoder.parameters()
+
+    def freeze_knowledge(self) -> None:
+        for p in self.knowledge_parameters():
+            p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ ratio
+    def _ratio(self, scores: torch.Tensor, labels: Optional[torch.Tensor]):
+        """Returns (weight for the attention op [B, M], reference-mode ratio or None, ratio to report)."""
+        b, m = scores.shape
+        ones = scores.new_ones(b, m)
+        uniform = ones / m
+        cfg = self.config
+        if not cfg.use_ratio:
+            return ones, None, uniform
+        scores = scores.detach()
+        if not self.dynamic:
+            # Authors: ratio from the label in training; no ratio at all in evaluation.
+            if self.training and labels is not None:
+                r = sentiment_ratio(scores, RATIO_TARGETS["label"](scores, labels), cfg.ratio_k)
+                return ones, r, r
+            return ones, None, uniform
+        source = cfg.ratio_source if (self.training and labels is not None) else "consensus"
+        r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels), cfg.ratio_k)
+        return m * r, None, r
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
+                audio_lengths: Optional[torch.Tensor] = None, vision_lengths: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        masked = self.dynamic
+        inputs = {"T": (text,), "V": (vision, vision_lengths), "A": (audio, audio_lengths)}
+        units, scores, pads = {}, {}, {}
+        for m in MODALITIES:
+            units[m], scores[m], pads[m] = self.branches[m](*inputs[m], masked=masked)
+
+        text_pad = pads["T"] if masked else None
+        sources = [self.align[m](units[m], pads[m] if masked else None) for m in MODALITIES]
+
+        weight, reference_ratio, ratio = self._ratio(torch.cat([scores[m] for m in MODALITIES], dim=-1), labels)
+        f = sum(sources)
+        for block in self.blocks:
+            f = block(f, sources, weight.to(f.dtype), text_pad, reference_ratio)
+
+        fused = masked_mean(f, text_pad)
+        ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused)
+        return {
+            "M": self.head(fused),
+            "T": scores["T"], "V": scores["V"], "A": scores["A"],
+            "ratio": ratio,
+            "ce": ce,
+        }
+
+
+def build_kuda(args: Mapping[str, Any], text_encoder: Optional[nn.Module] = None) -> KuDA:
+    """KuDA from an MMSA args dict (dataset facts + configs/kuda.yaml)."""
+    return KuDA(KuDAConfig.from_dict(args), text_encoder=text_encoder)

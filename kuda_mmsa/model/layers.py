@@ -1,0 +1,87 @@
+"""Building blocks shared by the encoders, adapters and fusion: masks, masked means and a
+post-norm Transformer encoder layer on scaled_dot_product_attention (memory-efficient: no
+[L, L] score tensor is kept for long audio sequences)."""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    """[B] lengths -> [B, max_len] bool, True = padding. A length of 0 keeps one position
+    valid so attention never sees a row without keys."""
+    lengths = lengths.to(torch.long).clamp(min=1, max=max_len)
+    pos = torch.arange(max_len, device=lengths.device)
+    return pos[None, :] >= lengths[:, None]
+
+
+def masked_mean(x: torch.Tensor, pad: Optional[torch.Tensor]) -> torch.Tensor:
+    """Mean over time of x [B, L, D], ignoring positions where pad [B, L] is True."""
+    if pad is None:
+        return x.mean(dim=1)
+    keep = (~pad).to(x.dtype).unsqueeze(-1)
+    return (x * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1.0)
+
+
+def sdpa_mask(pad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """Key padding [B, Lk] (True = pad) -> SDPA boolean mask [B, 1, 1, Lk] (True = attend)."""
+    if pad is None:
+        return None
+    return (~pad)[:, None, None, :]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention (fused qkv projection) on SDPA."""
+
+    def __init__(self, width: int, heads: int, head_dim: Optional[int] = None, dropout: float = 0.0,
+                 bias: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = head_dim or width // heads
+        inner = self.heads * self.head_dim
+        self.qkv = nn.Linear(width, 3 * inner, bias=bias)
+        self.out = nn.Linear(inner, width)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        b, l, _ = x.shape
+        q, k, v = self.qkv(x).view(b, l, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=sdpa_mask(pad), dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(b, l, self.heads * self.head_dim))
+
+
+class TransformerLayer(nn.Module):
+    """Post-norm encoder layer with GELU, as torch.nn.TransformerEncoderLayer(norm_first=False)."""
+
+    def __init__(self, width: int, heads: int, ff_size: int, dropout: float):
+        super().__init__()
+        self.attn = SelfAttention(width, heads, dropout=dropout)
+        self.norm1 = nn.LayerNorm(width)
+        self.ff = nn.Sequential(
+            nn.Linear(width, ff_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_size, width)
+        )
+        self.norm2 = nn.LayerNorm(width)
+        self.drop1 = nn.Dropout(dropout)
+        self.drop2 = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.norm1(x + self.drop1(self.attn(x, pad)))
+        return self.norm2(x + self.drop2(self.ff(x)))
+
+
+class TransformerStack(nn.Module):
+    """Layers iterated by hand so that every intermediate state is available."""
+
+    def __init__(self, layers: int, width: int, heads: int, ff_size: int, dropout: float):
+        super().__init__()
+        self.layers = nn.ModuleList(TransformerLayer(width, heads, ff_size, dropout) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor] = None, return_all: bool = False):
+        states = [x]
+        for layer in self.layers:
+            x = layer(x, pad)
+            states.append(x)
+        return states if return_all else x

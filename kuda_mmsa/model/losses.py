@@ -1,0 +1,17 @@
+"""Correlation-estimation loss (KUDA.md §5): InfoNCE between each modality's pooled
+sequence and the pooled fused sequence, the batch serving as negatives."""
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def correlation_estimation_loss(modality_means: Sequence[torch.Tensor], fused_mean: torch.Tensor) -> torch.Tensor:
+    """sum_m -mean_b( <x_b, p_b> - logsumexp_j <x_b, p_j> ) with x, p L2-normalised."""
+    p = F.normalize(fused_mean, dim=-1)
+    targets = torch.arange(p.shape[0], device=p.device)
+    total = fused_mean.new_zeros(())
+    for x in modality_means:
+        logits = F.normalize(x, dim=-1) @ p.t()
+        total = total + F.cross_entropy(logits, targets)
+    return total
