@@ -88,8 +88,9 @@ class DAFBlock(nn.Module):
         self.cross_norm1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
         self.cross_ff = nn.ModuleList(FeedForward(d, ff, p) for _ in range(num_sources))
         self.cross_norm2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
-        # LN_m of the reference's ratio-weighted combine, then the LN over the sum.
-        self.ratio_norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
+        if self.mode == "reference":
+            # LN_m of the authors' ratio-weighted combine (their training path only).
+            self.ratio_norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
         self.combine_norm = nn.LayerNorm(d)
         self.fuse_norm = nn.LayerNorm(d, eps=FUSION_EPS)
         self.self_attn = SelfAttention(d, config.fusion_heads, config.fusion_head_dim, dropout=0.0, bias=False)

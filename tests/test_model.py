@@ -1,0 +1,166 @@
+"""Behaviour of the KuDA network that users rely on (no MMSA needed)."""
+import math
+
+import pytest
+import torch
+from transformers import BertConfig
+
+from kuda_mmsa.errors import KudaInputError
+from kuda_mmsa.model import (KuDA, KuDAConfig, correlation_estimation_loss, scaled_layer_indices,
+                             sentiment_ratio)
+
+L_T, L_A, L_V = 12, 20, 16
+D_A, D_V = 5, 7
+VOCAB = 100
+
+
+def make_config(**over):
+    bert = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                      intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    base = dict(feature_dims=[32, D_A, D_V], seq_lens=[L_T, L_A, L_V], pretrained=bert, hidden_size=32,
+                fusion_heads=4, fusion_head_dim=8, fusion_ff_size=64, av_hidden_size=16, av_heads=4,
+                av_ff_size=16, av_layers=4, fusion_dropout=0.0, av_dropout=0.0, adapter_dropout=0.0,
+                decoder_dropout=0.0)
+    base.update(over)
+    return KuDAConfig(**base)
+
+
+def make_model(seed=0, **over):
+    torch.manual_seed(seed)
+    return KuDA(make_config(**over))
+
+
+def make_batch(b=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, VOCAB, (b, L_T), generator=g)
+    text_len = torch.randint(3, L_T + 1, (b,), generator=g)
+    mask = (torch.arange(L_T)[None] < text_len[:, None]).float()
+    ids = ids * mask.long()
+    text = torch.stack([ids.float(), mask, torch.zeros(b, L_T)], 1)
+    al = torch.randint(1, L_A + 1, (b,), generator=g)
+    vl = torch.randint(1, L_V + 1, (b,), generator=g)
+    audio = torch.randn(b, L_A, D_A, generator=g) * (torch.arange(L_A)[None, :, None] < al[:, None, None])
+    vision = torch.randn(b, L_V, D_V, generator=g) * (torch.arange(L_V)[None, :, None] < vl[:, None, None])
+    labels = torch.rand(b, 1, generator=g) * 2 - 1
+    return dict(text=text, audio=audio, vision=vision, audio_lengths=al, vision_lengths=vl), labels
+
+
+def test_forward_contract_shapes_and_gradients():
+    model = make_model()
+    inputs, labels = make_batch()
+    out = model(**inputs, labels=labels)
+    assert set(out) >= {"M", "T", "V", "A", "ratio", "ce"}
+    for k in "MTVA":
+        assert out[k].shape == (4, 1)
+    assert out["ratio"].shape == (4, 3)
+    torch.testing.assert_close(out["ratio"].sum(-1), torch.ones(4))
+    assert out["ce"].dim() == 0
+    (out["M"].pow(2).mean() + out["ce"]).backward()
+    grads = [p.grad for p in model.blocks.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_padding_content_does_not_change_predictions_in_dynamic_mode():
+    model = make_model().eval()
+    inputs, _ = make_batch()
+    ref = model(**inputs)
+    noisy = {k: v.clone() for k, v in inputs.items()}
+    for key, lengths, length in (("audio", "audio_lengths", L_A), ("vision", "vision_lengths", L_V)):
+        pad = torch.arange(length)[None, :] >= inputs[lengths][:, None]
+        noisy[key][pad] = torch.randn_like(noisy[key][pad]) * 100
+    text_pad = inputs["text"][:, 1] == 0
+    noisy["text"][:, 0][text_pad] = torch.randint(1, VOCAB, (int(text_pad.sum()),)).float()
+    out = model(**noisy)
+    for k in ("M", "T", "V", "A", "ratio"):
+        torch.testing.assert_close(out[k], ref[k], atol=1e-5, rtol=1e-5)
+
+
+def test_reference_mode_ratio_is_inert_but_dynamic_ratio_is_not():
+    inputs, labels = make_batch()
+    other = -labels  # a different target gives different ratios
+    # A large k spreads the ratios so that an effect, if any, is far above rounding.
+    ref_model = make_model(fusion_mode="reference", ratio_k=5.0).train()
+    a, b = ref_model(**inputs, labels=labels), ref_model(**inputs, labels=other)
+    assert (a["ratio"] - b["ratio"]).abs().max() > 1e-3
+    # (1 + R_m) scales y_m uniformly and LN_m removes the scale: only LayerNorm's eps is left.
+    torch.testing.assert_close(a["M"], b["M"], atol=1e-4, rtol=1e-4)
+
+    dyn = make_model(fusion_mode="dynamic", ratio_source="label", ratio_k=5.0).train()
+    c, d = dyn(**inputs, labels=labels), dyn(**inputs, labels=other)
+    assert (c["M"] - d["M"]).abs().max() > 1e-3
+
+
+def test_dynamic_ratio_changes_output_against_static_fusion():
+    inputs, _ = make_batch()
+    dyn = make_model(ratio_k=5.0).eval()
+    static = make_model(ratio_k=5.0, use_ratio=False).eval()
+    static.load_state_dict(dyn.state_dict())
+    out_d, out_s = dyn(**inputs), static(**inputs)
+    torch.testing.assert_close(out_s["ratio"], torch.full((4, 3), 1 / 3))
+    assert (out_d["ratio"] - 1 / 3).abs().max() > 1e-4
+    assert (out_d["M"] - out_s["M"]).abs().max() > 1e-5
+
+
+def test_dynamic_mode_trains_and_evaluates_the_same_computation():
+    model = make_model()
+    inputs, labels = make_batch()
+    train_out = model.train()(**inputs, labels=labels)
+    eval_out = model.eval()(**inputs)
+    for k in ("M", "ratio", "ce"):
+        torch.testing.assert_close(train_out[k], eval_out[k], atol=1e-6, rtol=1e-6)
+
+
+def test_reference_mode_trains_and_evaluates_different_combines():
+    model = make_model(fusion_mode="reference")
+    with torch.no_grad():  # trained LN_m are not the identity they start as
+        for block in model.blocks:
+            for norm in block.ratio_norms:
+                norm.weight.uniform_(0.5, 1.5)
+                norm.bias.uniform_(-0.5, 0.5)
+    inputs, labels = make_batch()
+    train_out = model.train()(**inputs, labels=labels)
+    eval_out = model.eval()(**inputs)
+    assert (train_out["M"] - eval_out["M"]).abs().max() > 1e-4
+
+
+def test_ratio_formula_matches_hand_computation():
+    scores = torch.tensor([[0.5, -0.2, 0.9]])
+    s, k = 0.3, 0.1
+    r = [math.exp(-k * (x - s) ** 2) for x in scores[0].tolist()]
+    expected = torch.tensor([[x / sum(r) for x in r]])
+    torch.testing.assert_close(sentiment_ratio(scores, torch.tensor([[s]]), k), expected)
+
+
+def test_ce_loss_matches_hand_computation():
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(5, 8, generator=g) for _ in range(3)]
+    p = torch.randn(5, 8, generator=g)
+    total = 0.0
+    pn = [row / row.norm() for row in p]
+    for x in xs:
+        xn = [row / row.norm() for row in x]
+        acc = 0.0
+        for b in range(5):
+            sims = [float(xn[b] @ pn[j]) for j in range(5)]
+            acc += sims[b] - math.log(sum(math.exp(s) for s in sims))
+        total += -acc / 5
+    assert correlation_estimation_loss(xs, p).item() == pytest.approx(total, rel=1e-5)
+
+
+def test_adapter_layer_indices_scale_with_depth():
+    assert scaled_layer_indices([3, 6, 9, 11], 12) == [3, 6, 9, 11]
+    assert scaled_layer_indices([3, 6, 9, 11], 4) == [1, 2, 3, 4]
+    assert scaled_layer_indices([3, 6, 9, 11], 6) == [2, 3, 5, 6]
+
+
+def test_token_ids_outside_vocabulary_are_a_clear_error():
+    model = make_model().eval()
+    inputs, _ = make_batch()
+    inputs["text"][0, 0, 0] = VOCAB + 5
+    with pytest.raises(KudaInputError, match="vocabulary"):
+        model(**inputs)
+
+
+def test_invalid_fusion_mode_is_a_clear_error():
+    with pytest.raises(KudaInputError, match="fusion_mode"):
+        KuDAConfig.from_dict({"fusion_mode": "static"})
