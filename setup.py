@@ -54,7 +54,9 @@ def _extensions():
         if not visible:
             # No GPU visible at build time: torch would crash looking for one.
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-    extra_cxx = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std here: torch's BuildExtension adds the standard its headers need (C++17 up
+    # to torch 2.9, C++20 from there on); forcing one breaks newer torch.
+    extra_cxx = ["-O3", "-fopenmp"]
     define_macros = [("Py_LIMITED_API", "0x03090000")]
     if use_cuda:
         return [
@@ -62,7 +64,7 @@ def _extensions():
                 f"{NAME}._C",
                 cpp_sources + cuda_sources,
                 extra_compile_args={"cxx": extra_cxx + ["-DKUDA_WITH_CUDA"],
-                                    "nvcc": ["-O3", "-std=c++17", "-DKUDA_WITH_CUDA", "--use_fast_math"]},
+                                    "nvcc": ["-O3", "-DKUDA_WITH_CUDA", "--use_fast_math", "-lineinfo"]},
                 extra_link_args=["-fopenmp"],
                 define_macros=define_macros,
                 py_limited_api=True,
