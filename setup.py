@@ -89,7 +89,42 @@ def _cmdclass():
 
 
 # ---------------------------------------------------------------- MMSA start-up hook
-# (see kuda_mmsa/mmsa/hook.py)
+# (see kuda_mmsa/mmsa/hook.py) kuda_mmsa/mmsa/kuda_mmsa_hook.pth must land at the root of
+# site-packages, so that it is in the wheel's RECORD (pip uninstall removes it):
+# - regular install (pip install .): build_py copies it to the root of build_lib, which
+#   becomes the root of the wheel;
+# - editable install (PEP 660, setuptools >= 64): the editable wheel is assembled from its
+#   own temporary folder, not from build_lib, so editable_wheel adds it there.
+HOOK_PTH = os.path.join("kuda_mmsa", "mmsa", "kuda_mmsa_hook.pth")
+
+
+def _hook_cmdclass():
+    import shutil
+
+    from setuptools.command.build_py import build_py
+
+    class build_py_with_hook(build_py):
+        def run(self):
+            super().run()
+            if not getattr(self, "editable_mode", False):
+                self.copy_file(os.path.join(ROOT, HOOK_PTH),
+                               os.path.join(self.build_lib, os.path.basename(HOOK_PTH)))
+
+    cmds = {"build_py": build_py_with_hook}
+    try:
+        from setuptools.command.editable_wheel import editable_wheel
+    except ImportError:  # setuptools < 64: no PEP 660 editable installs
+        return cmds
+
+    class editable_wheel_with_hook(editable_wheel):
+        def _run_build_commands(self, dist_name, unpacked_wheel, *args, **kwargs):
+            out = super()._run_build_commands(dist_name, unpacked_wheel, *args, **kwargs)
+            shutil.copyfile(os.path.join(ROOT, HOOK_PTH),
+                            os.path.join(unpacked_wheel, os.path.basename(HOOK_PTH)))
+            return out
+
+    cmds["editable_wheel"] = editable_wheel_with_hook
+    return cmds
 
 
 setup(
@@ -105,6 +140,6 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     ext_modules=_extensions(),
-    cmdclass=_cmdclass(),
+    cmdclass={**_cmdclass(), **_hook_cmdclass()},
     entry_points={"console_scripts": ["kuda-mmsa=kuda_mmsa.mmsa.cli:main"]},
 )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 
-ALIASES = {"sims2": "simsv2", "chsims": "sims", "chsimsv2": "simsv2"}
+ALIASES = {"sims2": "simsv2"}
 
 DATASETS = {
     "sims": dict(
