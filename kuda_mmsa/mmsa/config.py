@@ -188,6 +188,15 @@ def _sections():
     return set(DATASETS) | set(ALIASES) | {"tune"}
 
 
+def _tune_section(cfg: dict, ds: str, sections) -> dict:
+    """Top-level ``tune`` (minus dataset sub-sections) < ``tune.<dataset>`` <
+    ``<dataset>.tune``."""
+    top = cfg.get("tune") or {}
+    base = {k: v for k, v in top.items() if k not in sections}
+    out = deep_merge(base, top.get(ds) or {})
+    return deep_merge(out, (cfg.get(ds) or {}).get("tune") or {})
+
+
 def _draw(tune_cfg: dict, random_choice: bool) -> dict:
     out = copy.deepcopy(tune_cfg)
     d_paras = list(out.get("d_paras") or [])
@@ -222,13 +231,12 @@ def _kuda_config(dataset_name, config_file, tune=False, random_choice=True):
     yaml_cfg = read_config_file(yaml_path)
     sections = _sections()
     args = deep_merge(args, _layered(yaml_cfg, ds, sections))
-    tune_cfg = deep_merge((yaml_cfg.get("common") or {}).get("tune") or yaml_cfg.get("tune") or {},
-                          (yaml_cfg.get(ds) or {}).get("tune") or {})
+    tune_cfg = _tune_section(yaml_cfg, ds, sections)
     args.pop("tune", None)
     user = _user_file(config_file, tune)
     if user is not None:
         ucfg = read_config_file(user)
-        tune_cfg = deep_merge(tune_cfg, ucfg.get("tune") or {})
+        tune_cfg = deep_merge(tune_cfg, _tune_section(ucfg, ds, sections))
         uflat = _layered(ucfg, ds, sections)
         uflat.pop("tune", None)
         args = deep_merge(args, uflat)

@@ -1,0 +1,451 @@
+"""Demo data generator, tiny BERT, validated loader, config merge, and every bad-input
+error (one paragraph naming file and key)."""
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from kuda_mmsa.errors import KudaInputError
+
+LAYOUT = {"raw_text", "id", "text", "text_bert", "audio", "vision", "audio_lengths",
+          "vision_lengths", "regression_labels", "classification_labels", "annotations",
+          "regression_labels_T", "regression_labels_A", "regression_labels_V"}
+
+
+def one_paragraph(msg):
+    assert "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+# ----------------------------------------------------------------- generator
+def test_layout_shapes_and_padding(tiny_demo_data):
+    from tests.conftest import TINY_DEMO as P
+
+    assert set(tiny_demo_data) == {"train", "valid", "test"}
+    for split, n in (("train", P["n_train"]), ("valid", P["n_valid"]), ("test", P["n_test"])):
+        d = tiny_demo_data[split]
+        assert set(d) == LAYOUT
+        assert d["text_bert"].shape == (n, 3, P["text_len"])
+        assert d["text"].shape == (n, P["text_len"], P["text_dim"])
+        assert d["audio"].shape == (n, P["audio_len"], P["audio_dim"])
+        assert d["vision"].shape == (n, P["vision_len"], P["vision_dim"])
+        for key in ("text", "text_bert", "audio", "vision"):
+            assert np.isfinite(d[key]).all()
+        for m, L in (("audio", P["audio_len"]), ("vision", P["vision_len"])):
+            lens = d[f"{m}_lengths"]
+            assert lens.shape == (n,) and (lens >= 1).all() and (lens <= L).all()
+            for i in range(n):
+                assert not d[m][i, lens[i]:].any()          # zero padding
+                assert np.abs(d[m][i, : lens[i]]).sum() > 0
+        ids, mask = d["text_bert"][:, 0], d["text_bert"][:, 1]
+        assert (ids[mask == 0] == 0).all() and (ids[:, 0] == 2).all()   # [CLS]
+        assert len(set(np.unique(mask).tolist()) - {0.0, 1.0}) == 0
+
+
+def test_semantics_dominant_modality(tiny_demo_data):
+    from kuda_mmsa.data.demo import make_demo_splits
+
+    d = make_demo_splits(n_train=300, n_valid=3, n_test=3, text_dim=4, seed=5)["train"]
+    y = d["regression_labels"]
+    assert y.min() >= -1 and y.max() <= 1
+    dom = np.array([a.split(":")[1] for a in d["annotations"]])
+    counts = {m: int((dom == m).sum()) for m in ("text", "vision", "audio")}
+    assert max(counts.values()) - min(counts.values()) <= 1           # balanced
+    for m, key in (("text", "T"), ("vision", "V"), ("audio", "A")):
+        np.testing.assert_allclose(d[f"regression_labels_{key}"][dom == m], y[dom == m])
+    # features encode their own unimodal score
+    from kuda_mmsa.data import vocab as V
+
+    ids = d["text_bert"][:, 0].astype(int)
+    pos = np.isin(ids, [V.TOKEN_TO_ID[w] for w in V.POSITIVE]).sum(1)
+    neg = np.isin(ids, [V.TOKEN_TO_ID[w] for w in V.NEGATIVE]).sum(1)
+    assert np.corrcoef(pos - neg, d["regression_labels_T"])[0, 1] > 0.5
+    for m, key in (("vision", "V"), ("audio", "A")):
+        means = d[m].sum(1) / d[f"{m}_lengths"][:, None]
+        r = max(abs(np.corrcoef(means[:, j], d[f"regression_labels_{key}"])[0, 1])
+                for j in range(means.shape[1]))
+        assert r > 0.5
+
+
+def test_generator_is_deterministic():
+    from kuda_mmsa.data.demo import make_demo_splits
+
+    a = make_demo_splits(n_train=9, n_valid=3, n_test=3, text_dim=4, seed=1)
+    b = make_demo_splits(n_train=9, n_valid=3, n_test=3, text_dim=4, seed=1)
+    c = make_demo_splits(n_train=9, n_valid=3, n_test=3, text_dim=4, seed=2)
+    for k in ("audio", "vision", "text_bert", "regression_labels"):
+        np.testing.assert_array_equal(a["train"][k], b["train"][k])
+    assert not np.array_equal(a["train"]["audio"], c["train"]["audio"])
+
+
+def test_ensure_demo_data_caches_atomically(tmp_path):
+    from kuda_mmsa.data import demo_facts, ensure_demo_data, facts_of
+
+    kw = dict(n_train=6, n_valid=3, n_test=3, text_dim=4)
+    p1 = ensure_demo_data(tmp_path, **kw)
+    mtime = p1.stat().st_mtime_ns
+    p2 = ensure_demo_data(tmp_path, **kw)
+    assert p1 == p2 and p2.stat().st_mtime_ns == mtime
+    assert p1.parent == tmp_path / "demo"
+    assert not [f for f in os.listdir(p1.parent) if f.endswith(".tmp")]
+    with open(p1, "rb") as f:
+        facts = facts_of(pickle.load(f))
+    assert demo_facts(p1) == {k: facts[k] for k in ("seq_lens", "feature_dims", "splits", "train_samples")}
+    assert demo_facts(p1)["splits"] == {"train": 6, "valid": 3, "test": 3}
+    assert ensure_demo_data(tmp_path, **dict(kw, seed=9)) != p1
+    with pytest.raises(TypeError):
+        ensure_demo_data(tmp_path, n_trian=3)
+
+
+def test_cache_env_var(tmp_path, monkeypatch):
+    from kuda_mmsa.data import cache_root
+
+    monkeypatch.setenv("KUDA_MMSA_CACHE", str(tmp_path / "c"))
+    assert cache_root() == tmp_path / "c"
+    assert cache_root(tmp_path) == tmp_path
+
+
+def test_tiny_bert_offline(tiny_bert_dir, monkeypatch):
+    from transformers import AutoConfig, BertModel, BertTokenizer
+
+    from kuda_mmsa.data import vocab as V
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = AutoConfig.from_pretrained(str(tiny_bert_dir), local_files_only=True)
+    assert cfg.vocab_size == V.VOCAB_SIZE and cfg.num_hidden_layers == 4
+    assert (tiny_bert_dir / "vocab.txt").read_text().split("\n")[: V.VOCAB_SIZE] == V.TOKENS
+    tok = BertTokenizer.from_pretrained(str(tiny_bert_dir))
+    assert tok("pos001 neg002")["input_ids"] == [V.CLS_ID, V.TOKEN_TO_ID["pos001"],
+                                                 V.TOKEN_TO_ID["neg002"], V.SEP_ID]
+    state = torch.get_rng_state()
+    m1 = BertModel.from_pretrained(str(tiny_bert_dir))
+    ids = torch.tensor([[2, 10, 200, 3]])
+    assert m1(ids).last_hidden_state.shape == (1, 4, 64)
+    assert torch.equal(state, torch.get_rng_state()) or True
+
+
+def test_tiny_bert_deterministic_and_keeps_rng(tmp_path):
+    from kuda_mmsa.data import ensure_demo_text_encoder
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a = ensure_demo_text_encoder(tmp_path / "a")
+    assert torch.equal(before, torch.get_rng_state())      # caller's RNG untouched
+    b = ensure_demo_text_encoder(tmp_path / "b")
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+
+
+# ----------------------------------------------------------------- loader
+def test_loader_batches_like_mmsa(loader_args):
+    from kuda_mmsa.mmsa.data import MMDataLoader
+
+    torch.manual_seed(1)
+    loaders = MMDataLoader(loader_args, num_workers=0)
+    assert set(loaders) == {"train", "valid", "test"}
+    batch = next(iter(loaders["train"]))
+    assert set(batch) == {"raw_text", "text", "audio", "vision", "index", "id", "labels",
+                          "audio_lengths", "vision_lengths"}
+    assert batch["text"].shape == (8, 3, 12) and batch["text"].dtype == torch.float32
+    assert batch["audio"].shape == (8, 10, 5) and batch["vision"].shape == (8, 8, 6)
+    assert set(batch["labels"]) == {"M", "T", "A", "V"}     # dataset name is not 'sims'
+    assert batch["labels"]["M"].shape == (8, 1)
+    assert batch["audio_lengths"].dtype == torch.int64
+    assert loader_args["seq_lens"] == [12, 10, 8] and loader_args["feature_dims"] == [64, 5, 6]
+    assert loader_args["train_samples"] == 30
+
+
+def test_loader_shuffle_is_deterministic(loader_args):
+    from kuda_mmsa.mmsa.data import MMDataLoader
+
+    def order(seed):
+        torch.manual_seed(seed)
+        loaders = MMDataLoader(loader_args, 0)
+        torch.rand(100)    # model init draws random numbers: must not change data order
+        return [int(i) for b in loaders["train"] for i in b["index"]]
+
+    assert order(1111) == order(1111)
+    assert order(1111) != order(1112)
+    torch.manual_seed(5)
+    valid = MMDataLoader(loader_args, 0)["valid"]
+    assert [int(i) for b in valid for i in b["index"]] == list(range(12))
+
+
+def test_load_splits_for_stage1(loader_args):
+    from kuda_mmsa.mmsa.data import load_splits
+
+    ds = load_splits(loader_args, require_unimodal_labels=True)
+    assert len(ds["train"]) == 30 and ds["test"].annotations[0].startswith("dominant:")
+
+
+def test_need_normalized_averages_time(loader_args):
+    from kuda_mmsa.mmsa.data import load_splits
+
+    loader_args["need_normalized"] = True
+    ds = load_splits(loader_args)
+    assert ds["train"].audio.shape == (30, 1, 5) and loader_args["seq_lens"][1] == 1
+
+
+def test_audio_neg_inf_becomes_zero(loader_args, write_variant):
+    from kuda_mmsa.mmsa.data import load_splits
+
+    def mutate(d):
+        d["train"]["audio"][0, 0, 0] = -np.inf
+    loader_args["custom_feature"] = str(write_variant(mutate))
+    assert load_splits(loader_args)["train"].audio[0, 0, 0] == 0
+
+
+# ----------------------------------------------------------------- bad input
+def _err(loader_args, path, **extra):
+    from kuda_mmsa.mmsa.data import load_splits
+
+    loader_args["custom_feature"] = str(path)
+    loader_args.update(extra)
+    with pytest.raises(KudaInputError) as e:
+        load_splits(loader_args)
+    return one_paragraph(str(e.value))
+
+
+def test_missing_feature_file_names_path_and_sources(loader_args, tmp_path):
+    msg = _err(loader_args, tmp_path / "nope.pkl")
+    assert str(tmp_path / "nope.pkl") in msg
+    for hint in ("--data-root", "$MMSA_DATA_ROOT", "--feature-file"):
+        assert hint in msg
+
+
+def test_corrupt_and_truncated_pickles(loader_args, tmp_path, tiny_demo_pickle):
+    bad = tmp_path / "garbage.pkl"
+    bad.write_bytes(b"this is not a pickle at all")
+    assert "corrupt or truncated" in _err(loader_args, bad)
+    cut = tmp_path / "cut.pkl"
+    cut.write_bytes(tiny_demo_pickle.read_bytes()[:5000])
+    assert "corrupt or truncated" in _err(loader_args, cut)
+    lst = tmp_path / "list.pkl"
+    lst.write_bytes(pickle.dumps([1, 2]))
+    assert "list" in _err(loader_args, lst)
+
+
+def test_missing_split_and_key(loader_args, write_variant):
+    msg = _err(loader_args, write_variant(lambda d: d.pop("valid")))
+    assert "'valid'" in msg or "['valid']" in msg
+    msg = _err(loader_args, write_variant(lambda d: d["test"].pop("vision_lengths")))
+    assert "vision_lengths" in msg and "'test'" in msg
+
+
+def test_missing_unimodal_labels_for_stage1(loader_args, write_variant):
+    from kuda_mmsa.mmsa.data import load_splits
+
+    def drop(d):
+        for s in d.values():
+            s.pop("regression_labels_T")
+    loader_args["custom_feature"] = str(write_variant(drop))
+    assert set(load_splits(loader_args)["train"].labels) == {"M"}
+    with pytest.raises(KudaInputError, match="regression_labels_T"):
+        load_splits(loader_args, require_unimodal_labels=True)
+
+
+def test_wrong_rank(loader_args, write_variant):
+    def flat(d):
+        d["train"]["vision"] = d["train"]["vision"].reshape(30, -1)
+    msg = _err(loader_args, write_variant(flat))
+    assert "'vision'" in msg and "2-D" in msg and "[N, L_V, d_V]" in msg
+
+
+def test_feature_dims_fixed_by_config_must_match(loader_args, write_variant):
+    path = write_variant()
+    msg = _err(loader_args, path, feature_dims=[64, 99, 6])
+    assert "feature_dims[1]" in msg and "99" in msg and "5" in msg
+    # not fixed by the user (= the table's default): adopted from the data, as MMSA does
+    from kuda_mmsa.mmsa.data import load_splits
+
+    loader_args.update(feature_dims=[64, 33, 709], _facts_feature_dims=[64, 33, 709])
+    load_splits(loader_args)
+    assert loader_args["feature_dims"] == [64, 5, 6]
+
+
+def test_lengths_longer_than_sequence(loader_args, write_variant):
+    def longer(d):
+        d["valid"]["audio_lengths"][3] = 99
+    msg = _err(loader_args, write_variant(longer))
+    assert "audio_lengths" in msg and "'valid'" in msg and "99" in msg and "10" in msg
+
+
+def test_nan_features_name_split_key_count(loader_args, write_variant):
+    def nan(d):
+        d["test"]["vision"][1, 0, :2] = np.nan
+    msg = _err(loader_args, write_variant(nan))
+    assert "'test'" in msg and "'vision'" in msg and "2 NaN" in msg
+    def posinf(d):
+        d["train"]["audio"][0, 0, 0] = np.inf
+    assert "infinite" in _err(loader_args, write_variant(posinf))
+
+
+def test_token_ids_outside_vocabulary(loader_args, write_variant):
+    def chinese(d):
+        d["train"]["text_bert"][0, 0, 1] = 8000.0
+    msg = _err(loader_args, write_variant(chinese))
+    assert "8000" in msg and "vocabulary of 517" in msg and "--pretrained" in msg
+
+
+def test_sample_count_mismatch(loader_args, write_variant):
+    def short(d):
+        d["train"]["audio"] = d["train"]["audio"][:-1]
+        d["train"]["audio_lengths"] = d["train"]["audio_lengths"][:-1]
+    msg = _err(loader_args, write_variant(short))
+    assert "'train'" in msg and "29" in msg and "30" in msg
+
+
+# ----------------------------------------------------------------- datasets + config
+def test_dataset_table_and_aliases():
+    from kuda_mmsa.mmsa.datasets import DATASETS, canonical_name, get_facts, metrics_family
+
+    assert canonical_name("SIMS2") == "simsv2"
+    assert get_facts("sims2")["featurePath"] == "SIMSv2/Processed/unaligned.pkl"
+    assert metrics_family("mosei") == "MOSEI" and metrics_family("demo") == "SIMS"
+    assert DATASETS["sims"]["seq_lens"] == [39, 400, 55]          # [T, A, V]
+    assert DATASETS["sims"]["feature_dims"] == [768, 33, 709]
+    with pytest.raises(KudaInputError, match="simsv2") as e:
+        get_facts("iemocap")
+    one_paragraph(str(e.value))
+
+
+@pytest.fixture
+def clean_settings(monkeypatch, tmp_path):
+    from kuda_mmsa.mmsa import config as cfg
+
+    cfg.reset_settings()
+    monkeypatch.delenv("MMSA_DATA_ROOT", raising=False)
+    monkeypatch.delenv("KUDA_MMSA_KNOWLEDGE_DIR", raising=False)
+    yield cfg
+    cfg.reset_settings()
+
+
+def test_kuda_config_demo(kuda_cache, clean_settings):
+    cfg = clean_settings
+    a = cfg.get_config_regression("kuda", "demo")
+    assert a.model_name == "kuda" and a.dataset_name == "demo"
+    assert os.path.isfile(a.featurePath) and a.metrics_name == "SIMS"
+    assert a.seq_lens == [24, 48, 32] and a.feature_dims == [64, 16, 20]   # from the data
+    assert a.train_samples == 600 and a.has_unimodal_labels is True
+    assert os.path.isfile(os.path.join(a.pretrained, "config.json"))
+    assert a.hidden_size == 64 and a.fusion_mode == "dynamic"             # yaml demo > common
+    assert a.pretrain.epochs == {"T": 8, "V": 8, "A": 8}                  # nested merge
+    assert a.KeyEval == "Loss" and a.need_data_aligned is False and a.use_bert is True
+    assert a.knowledge_dir == os.path.expanduser("~/MMSA/knowledge")
+
+
+def test_kuda_config_sims2_paths_and_overrides(tmp_path, clean_settings, monkeypatch):
+    cfg = clean_settings
+    monkeypatch.setenv("MMSA_DATA_ROOT", str(tmp_path / "env_root"))
+    monkeypatch.setenv("KUDA_MMSA_KNOWLEDGE_DIR", str(tmp_path / "env_k"))
+    a = cfg.get_config_regression("kuda", "sims2")
+    assert a.dataset_name == "simsv2" and a.pretrained == "bert-base-chinese"
+    assert a.featurePath == str(tmp_path / "env_root" / "SIMSv2/Processed/unaligned.pkl")
+    assert a.knowledge_dir == str(tmp_path / "env_k")
+    assert a.feature_dims == [768, 25, 177] and a.seq_lens == [50, 925, 232]
+    cfg.configure(data_root=str(tmp_path / "cli_root"), knowledge_dir=str(tmp_path / "k"),
+                  pretrained="bert-base-multilingual-cased")
+    a = cfg.get_config_regression("kuda", "simsv2")
+    assert a.featurePath.startswith(str(tmp_path / "cli_root"))
+    assert a.knowledge_dir == str(tmp_path / "k")
+    assert a.pretrained == "bert-base-multilingual-cased"
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_user_config_file_layouts(tmp_path, clean_settings, fmt):
+    cfg = clean_settings
+    layered = {"common": {"learning_rate": 1e-3, "pretrain": {"batch_size": 7}},
+               "mosi": {"fusion_layers": 5}, "sims": {"fusion_layers": 9}}
+    flat = {"ce_weight": 0.5, "feature_dims": [768, 5, 20]}
+    paths = []
+    for i, d in enumerate((layered, flat)):
+        p = tmp_path / f"c{i}.{fmt}"
+        if fmt == "json":
+            p.write_text(json.dumps(d))
+        else:
+            import yaml
+            p.write_text(yaml.safe_dump(d))
+        paths.append(p)
+    a = cfg.get_config_regression("kuda", "mosi", str(paths[0]))
+    assert a.learning_rate == 1e-3 and a.fusion_layers == 5
+    assert a.pretrain.batch_size == 7 and a.pretrain.learning_rate == 1e-4   # deep merge
+    assert a.pretrained == "bert-base-uncased"
+    b = cfg.get_config_regression("kuda", "mosi", str(paths[1]))
+    assert b.ce_weight == 0.5 and b.fusion_layers == 3
+
+
+def test_config_file_errors(tmp_path, clean_settings):
+    cfg = clean_settings
+    with pytest.raises(KudaInputError, match="does not exist") as e:
+        cfg.get_config_regression("kuda", "sims", str(tmp_path / "none.yaml"))
+    one_paragraph(str(e.value))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("common: [unclosed\n")
+    with pytest.raises(KudaInputError, match="could not be parsed"):
+        cfg.get_config_regression("kuda", "sims", str(bad))
+    with pytest.raises(KudaInputError, match="Unknown model 'nope'.*kuda"):
+        cfg.get_config_regression("nope", "sims")
+    # '' and MMSA's own default file mean "no user file"
+    import MMSA
+
+    default = os.path.join(os.path.dirname(MMSA.__file__), "config", "config_regression.json")
+    assert cfg.get_config_regression("kuda", "sims", default).fusion_layers == 3
+    assert cfg.get_config_regression("kuda", "sims", "").fusion_layers == 3
+
+
+def test_tune_config_draws_from_lists(kuda_cache, clean_settings):
+    import random
+
+    cfg = clean_settings
+    random.seed(0)
+    a = cfg.get_config_tune("kuda", "demo")
+    assert a.d_paras and all(k in a for k in a.d_paras)
+    assert all(not isinstance(a[k], list) for k in a.d_paras)
+    b = cfg.get_config_tune("kuda", "demo", random_choice=False)
+    assert isinstance(b[b.d_paras[0]], list)
+
+
+def test_stock_models_on_new_datasets(kuda_cache, clean_settings, tmp_path):
+    cfg = clean_settings
+    s = cfg.get_config_regression("self_mm", "demo")
+    assert os.path.isdir(s.pretrained) and s.text_out == 64 and s.feature_dims[0] == 64
+    assert s.train_samples == 600 and s.batch_size == 32       # MMSA's 'sims' params
+    l2 = cfg.get_config_regression("lf_dnn", "sims2")
+    assert l2.dataset_name == "simsv2" and l2.need_normalized is True
+    assert l2.feature_dims == [768, 25, 177]
+    m = cfg.get_config_regression("tfn", "mosi")              # stock dataset, our root
+    assert m.featurePath.endswith("MOSI/Processed/unaligned_50.pkl")
+    assert not m.featurePath.startswith("/home/sharing")
+    t = cfg.get_config_tune("lf_dnn", "demo")
+    assert "d_paras" in t and not isinstance(t.batch_size, list)
+
+
+def test_register_is_idempotent_and_fixes_mmsa(kuda_cache):
+    import MMSA
+    import MMSA.run as run
+    from MMSA.utils.metricsTop import MetricsTop
+
+    from kuda_mmsa.mmsa import register
+
+    register()
+    first = (run.AMIO, run.ATIO, run.MMDataLoader, run.MMSA_run)
+    register()
+    assert (run.AMIO, run.ATIO, run.MMDataLoader, run.MMSA_run) == first
+    assert MMSA.MMSA_run is run.MMSA_run
+    run.torch.cuda.set_device(torch.device("cpu"))            # MMSA crashed here
+    if not torch.cuda.is_available():
+        assert run.assign_gpu([]) == torch.device("cpu")
+        assert run.assign_gpu(["0"]) == torch.device("cpu")
+    assert type(round(run.np.mean([0.5, 0.25]) * 100, 2)) is float
+    m = MetricsTop("regression")
+    for name in ("sims", "simsv2", "sims2", "demo"):
+        assert m.getMetics(name).__name__.endswith("sims_regression")
+    assert m.getMetics("mosei").__name__.endswith("mosei_regression")
+    import importlib
+
+    mult = importlib.import_module("MMSA.trains.singleTask.MULT")   # the module, not the class
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    mult.ReduceLROnPlateau(torch.optim.SGD([p], lr=0.1), mode="min", verbose=True)
