@@ -93,7 +93,7 @@ class DAFBlock(nn.Module):
             self.ratio_norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
         self.combine_norm = nn.LayerNorm(d)
         self.fuse_norm = nn.LayerNorm(d, eps=FUSION_EPS)
-        self.self_attn = SelfAttention(d, config.fusion_heads, config.fusion_head_dim, dropout=0.0, bias=False)
+        self.self_attn = SelfAttention(d, config.fusion_heads, config.fusion_head_dim, bias=False)
         self.self_norm = nn.LayerNorm(d, eps=FUSION_EPS)
         self.ff = FeedForward(d, ff, p)
         self.ff_norm = nn.LayerNorm(d, eps=FUSION_EPS)
