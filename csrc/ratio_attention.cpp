@@ -40,6 +40,12 @@ PyObject* PyInit__C(void) {
 }
 }
 
+// fp32 / fp16 / bf16 only (check_inputs rejects the rest; no dead double instantiations).
+#define KUDA_DISPATCH(TYPE, NAME, ...)                                                     \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                 \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)              \
+                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
 namespace kuda_mmsa {
 
 // Shared argument checks (CPU and CUDA).
@@ -339,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& q_, con
   const bool* mp = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
   float* op = o_unw.data_ptr<float>();
   float* lp = lse.data_ptr<float>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ratio_cross_attention_fwd_cpu", [&] {
+  KUDA_DISPATCH(q.scalar_type(), "ratio_cross_attention_fwd_cpu", [&] {
     const scalar_t* qp = q.data_ptr<scalar_t>();
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();
@@ -389,7 +395,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cpu(
   const float* op = o_unw.data_ptr<float>();
   const float* lp = lse.data_ptr<float>();
   float* dwp = dw_part.data_ptr<float>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "ratio_cross_attention_bwd_cpu", [&] {
+  KUDA_DISPATCH(q.scalar_type(), "ratio_cross_attention_bwd_cpu", [&] {
     const scalar_t* qp = q.data_ptr<scalar_t>();
     const scalar_t* kp = k.data_ptr<scalar_t>();
     const scalar_t* vp = v.data_ptr<scalar_t>();

@@ -1,17 +1,91 @@
-"""The Python face of the kernels.
+"""The Python face of the fused kernels.
 
-Backend selection is being built in the kernel issue; until the compiled op exists every
-call runs the reference, which is exact.
+``ratio_cross_attention(q, k, v, weight, key_padding_mask=None, scale=None)``
+    out[b, m] = weight[b, m] * softmax(scale * q[b, m] k[b, m]^T, padded keys excluded) v[b, m]
+    q [B, M, H, Lq, d]; k, v [B, M, H, Lk, d]; weight [B, M]; key_padding_mask [B, M, Lk]
+    bool (True = padding) or None; scale defaults to 1/sqrt(d). fp32/fp16/bf16 with fp32
+    accumulation, output in q's dtype. A query row whose keys are all padding gives zeros
+    and zero gradients. Differentiable in q, k, v and weight; works under
+    ``torch.compile(fullgraph=True)``. Non-contiguous q/k/v are made contiguous once, here
+    (a copy), so the op and its backward see contiguous tensors.
+
+Backends are chosen once, at import (see ``_loader``):
+
+* ``compiled``  -- the extension ``kuda_mmsa._C`` built with the package (C++ CPU kernel;
+  CUDA kernel when it was built with CUDA);
+* ``jit``       -- opt-in: with ``KUDA_MMSA_JIT=1`` and no usable ``_C``, ``csrc/`` of a source
+  checkout is compiled with ninja on import (this can take minutes the first time; the
+  result is cached under ``$KUDA_MMSA_CACHE`` or ``~/.cache/kuda_mmsa``). Never automatic;
+* ``reference`` -- the exact pure-PyTorch ``ratio_cross_attention_reference``.
+
+``KUDA_MMSA_KERNELS=auto`` (default) takes the first available per device;
+``reference`` always runs the reference; ``require`` raises when the compiled op is
+missing (at import), or cannot run the given inputs (at call). A missing or
+ABI-mismatched extension never breaks ``import kuda_mmsa``: one warning, then the
+reference. ``backend()`` reports the choice, e.g. ``{"cpu": "compiled", "cuda": "reference"}``.
+
+Inputs the kernels do not take (mixed q/k/v dtypes, other dtypes, d > 128 on CUDA) run
+the reference (or raise under ``require``).
 """
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import torch
+
+from . import _loader
 from .reference import ratio_cross_attention_reference
 
+_MODE = _loader.mode()
+_BACKEND: Dict[str, str] = _loader.load()
+if any(v != "reference" for v in _BACKEND.values()):
+    from . import _registration  # noqa: F401  (fake kernels + autograd formula)
 
-def ratio_cross_attention(q, k, v, weight, key_padding_mask=None, scale=None):
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def backend() -> Dict[str, str]:
+    """What runs on each device: "compiled", "jit" or "reference"."""
+    return dict(_BACKEND)
+
+
+def _kernel_takes(q, k, v, weight, key_padding_mask) -> Optional[str]:
+    """None if the compiled op can run these inputs, else the reason it cannot."""
+    if _BACKEND.get(q.device.type, "reference") == "reference":
+        return f"no compiled kuda_mmsa kernel for device '{q.device.type}' (backend(): {_BACKEND})"
+    if q.dim() != 5:
+        return "q must be 5-d"
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _DTYPES:
+        return f"q, k, v must share one of {_DTYPES}, got {q.dtype}, {k.dtype}, {v.dtype}"
+    if not weight.is_floating_point():
+        return "weight must be floating point"
+    if q.device.type == "cuda" and q.shape[-1] > 128:
+        return f"head dim {q.shape[-1]} > 128 is not supported by the CUDA kernel"
+    return None
+
+
+def ratio_cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    weight: torch.Tensor,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    scale: Optional[float] = None,
+) -> torch.Tensor:
+    """Fused ratio-weighted cross-attention over M stacked sources (see module docstring)."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    why_not = _kernel_takes(q, k, v, weight, key_padding_mask)
+    if why_not is None:
+        if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
+            key_padding_mask = key_padding_mask.to(torch.bool)
+        return torch.ops.kuda_mmsa.ratio_cross_attention(
+            q.contiguous(), k.contiguous(), v.contiguous(), weight, key_padding_mask, float(scale)
+        )
+    if _MODE == "require":
+        raise RuntimeError(f"KUDA_MMSA_KERNELS=require: {why_not}")
     return ratio_cross_attention_reference(q, k, v, weight, key_padding_mask, scale)
-
-
-def backend():
-    return {"cpu": "reference", "cuda": "reference"}
 
 
 __all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "backend"]

@@ -1,0 +1,144 @@
+"""Benchmark of kuda_mmsa.ops.ratio_cross_attention (not a test).
+
+Times forward and forward+backward of
+  kernel     the compiled op (kuda_mmsa.ops.ratio_cross_attention, backend() printed),
+  reference  the eager PyTorch reference,
+  sdpa       torch.nn.functional.scaled_dot_product_attention over the M stacked sources
+             (boolean attn_mask from the key padding mask), then the weight,
+at DAF shapes (B 32, M 3, H 8, L 50, d 64) and longer sequences (L 500, 925; fewer B on
+CPU), on every device present, all in the same run, and prints one table per device with
+ratios (>1 = the kernel is faster). The masks leave every row at least one key, so SDPA
+is defined everywhere.
+
+    python tools/bench_kernels.py [--device cpu|cuda|all] [--reps N]
+"""
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import kuda_mmsa.ops as ops  # noqa: E402
+
+
+def sdpa_composition(q, k, v, weight, key_padding_mask, scale):
+    B, M, H, Lq, d = q.shape
+    Lk = k.shape[3]
+    attn_mask = None
+    if key_padding_mask is not None:
+        attn_mask = (~key_padding_mask).reshape(B * M, 1, 1, Lk)
+    o = F.scaled_dot_product_attention(
+        q.reshape(B * M, H, Lq, d), k.reshape(B * M, H, Lk, d), v.reshape(B * M, H, Lk, d),
+        attn_mask=attn_mask, scale=scale,
+    )
+    return o.view(B, M, H, Lq, d) * weight.to(o.dtype)[:, :, None, None, None]
+
+
+METHODS = {
+    "kernel": ops.ratio_cross_attention,
+    "reference": ops.ratio_cross_attention_reference,
+    "sdpa": sdpa_composition,
+}
+
+
+def make(B, M, H, L, d, dtype, device, grad):
+    g = torch.Generator().manual_seed(0)
+    t = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype).requires_grad_(grad)
+    q, k, v = t(B, M, H, L, d), t(B, M, H, L, d), t(B, M, H, L, d)
+    w = torch.rand(B, M, generator=g).to(device).requires_grad_(grad)
+    mask = torch.rand(B, M, L, generator=g) < 0.2
+    mask[..., 0] = False
+    return q, k, v, w, mask.to(device)
+
+
+def timer(device):
+    if device == "cuda":
+        def run(fn, reps):
+            fn()
+            torch.cuda.synchronize()
+            times = []
+            for _ in range(reps):
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                fn()
+                e.record()
+                torch.cuda.synchronize()
+                times.append(s.elapsed_time(e))
+            return statistics.median(times)
+    else:
+        def run(fn, reps):
+            fn()
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                times.append((time.perf_counter() - t0) * 1e3)
+            return min(times)  # CPU here is shared and noisy: best of reps
+    return run
+
+
+def bench_device(device, reps):
+    run = timer(device)
+    if device == "cuda":
+        shapes = [(32, 3, 8, 50, 64), (16, 3, 8, 500, 64), (8, 3, 8, 925, 64)]
+        dtypes = [torch.float32, torch.bfloat16]
+    else:
+        shapes = [(32, 3, 8, 50, 64), (2, 3, 8, 500, 64), (1, 3, 8, 925, 64)]
+        dtypes = [torch.float32]
+    rows = []
+    for (B, M, H, L, d), dtype in [(s, dt) for s in shapes for dt in dtypes]:
+        scale = 1.0 / math.sqrt(d)
+        res = {}
+        for passname in ("fwd", "fwd+bwd"):
+            grad = passname != "fwd"
+            q, k, v, w, mask = make(B, M, H, L, d, dtype, device, grad)
+            gout = torch.randn_like(q)
+            t = {}
+            # interleave rounds so background load hits every method alike
+            for _ in range(3):
+                for name, fn in METHODS.items():
+                    if grad:
+                        def step(fn=fn):
+                            out = fn(q, k, v, w, mask, scale)
+                            out.backward(gout)
+                            for x in (q, k, v, w):
+                                x.grad = None
+                    else:
+                        def step(fn=fn):
+                            with torch.no_grad():
+                                fn(q, k, v, w, mask, scale)
+                    ms = run(step, reps)
+                    t[name] = min(t.get(name, float("inf")), ms)
+            res[passname] = t
+        for passname, t in res.items():
+            rows.append(((B, M, H, L, d), str(dtype).replace("torch.", ""), passname, t))
+    name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\n## {device}: {name}; torch {torch.__version__}; backend {ops.backend()}")
+    print(f"| shape (B,M,H,L,d) | dtype | pass | kernel ms | reference ms | sdpa ms | ref/kernel | sdpa/kernel |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for shape, dt, passname, t in rows:
+        print(f"| {shape} | {dt} | {passname} | {t['kernel']:.3f} | {t['reference']:.3f} | {t['sdpa']:.3f} | "
+              f"{t['reference'] / t['kernel']:.2f}x | {t['sdpa'] / t['kernel']:.2f}x |")
+    sys.stdout.flush()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
+    ap.add_argument("--reps", type=int, default=0, help="timed repetitions per round (default: 20 cuda, 5 cpu)")
+    a = ap.parse_args()
+    devices = ["cpu", "cuda"] if a.device == "all" else [a.device]
+    for dev in devices:
+        if dev == "cuda" and not torch.cuda.is_available():
+            print("\n## cuda: no GPU visible, skipped")
+            continue
+        bench_device(dev, a.reps or (20 if dev == "cuda" else 5))
+
+
+if __name__ == "__main__":
+    main()
