@@ -111,7 +111,7 @@ def train_branch(args: Mapping[str, Any], modality: str, loaders: Mapping[str, A
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            running += float(loss) * y.shape[0]
+            running += loss.item() * y.shape[0]
             seen += y.shape[0]
             bar.set_postfix(mse=f"{running / seen:.4f}")
         valid = _evaluate(branch, loaders["valid"], modality, device)

@@ -116,8 +116,8 @@ class KuDATrainer:
                         nn.utils.clip_grad_norm_(params, clip)
                     optimizer.step()
                     scheduler.step()
-                    total_loss += float(loss) * labels.shape[0]
-                    total_ce += float(out["ce"]) * labels.shape[0]
+                    total_loss += loss.item() * labels.shape[0]
+                    total_ce += out["ce"].item() * labels.shape[0]
                     n += labels.shape[0]
                     y_pred.append(out["M"].detach().cpu())
                     y_true.append(labels.cpu())
