@@ -71,6 +71,15 @@ def _patches():
             else:
                 super().__init__(args)
 
+        def forward(self, text_x=None, audio_x=None, video_x=None, *args, text=None,
+                    audio=None, vision=None, **kwargs):
+            # MMSA calls forward(text_x, audio_x, video_x); the KuDA trainer passes
+            # text=, audio=, vision= (the model's own names): accept both.
+            text_x = text if text_x is None else text_x
+            audio_x = audio if audio_x is None else audio_x
+            video_x = vision if video_x is None else video_x
+            return super().forward(text_x, audio_x, video_x, *args, **kwargs)
+
     class ATIO(_ATIO):
         def getTrain(self, args):
             if str(args["model_name"]).lower() == KUDA:
