@@ -87,6 +87,8 @@ class KuDATrainer:
         epoch, best_epoch = 0, 0
         epoch_results = {"train": [], "valid": [], "test": []}
 
+        # The loader may shuffle with its own generator: its state is part of "where we are".
+        shuffle_gen = getattr(dataloader["train"], "generator", None)
         resume = self._resume_path()
         if resume.exists():
             state = read_checkpoint(resume, "Interrupted training state")
@@ -97,6 +99,8 @@ class KuDATrainer:
                 epoch, best_epoch, best_valid = state["epoch"], state["best_epoch"], state["best_valid"]
                 self.history = state.get("history", [])
                 torch.set_rng_state(state["rng"])
+                if shuffle_gen is not None and state.get("shuffle_rng") is not None:
+                    shuffle_gen.set_state(state["shuffle_rng"])
                 logger.info(f"Resuming stage 2 after epoch {epoch} from {resume}")
 
         clip = float(args.get("grad_clip", 0) or 0)
@@ -142,6 +146,7 @@ class KuDATrainer:
             atomic_save({"model": cpu_state_dict(model), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "epoch": epoch, "best_epoch": best_epoch,
                          "best_valid": best_valid, "history": self.history, "rng": torch.get_rng_state(),
+                         "shuffle_rng": None if shuffle_gen is None else shuffle_gen.get_state(),
                          "cur_seed": args.get("cur_seed"), "model_name": args["model_name"]}, resume)
             if stop:
                 logger.info(f"Early stop: no {key} improvement on the validation set for {epoch - best_epoch} epochs.")
