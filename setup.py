@@ -33,6 +33,12 @@ EXTRAS = {
 
 
 # ---------------------------------------------------------------- extension (kernels)
+# An `nvcc` on PATH outside a toolkit (a wrapper script) makes torch guess a CUDA_HOME
+# without libcudart, and linking fails; the standard toolkit folder is the better guess.
+if not os.environ.get("CUDA_HOME") and not os.environ.get("CUDA_PATH") and os.path.isfile("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
+
 def _extensions():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
