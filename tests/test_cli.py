@@ -114,10 +114,10 @@ def test_stock_self_mm_with_local_tiny_bert_and_tune_mode(tmp_path, tiny_demo_pi
                   "--feature-file", str(tiny_demo_pickle))
     assert rc == 0
     assert "self_mm" in (tmp_path / "r" / "normal" / "demo.csv").read_text()
-    rc = _run_cli(tmp_path, "-m", "tfn", "-d", "sims2", "-t", "-tt", "1",
+    rc = _run_cli(tmp_path, "-m", "lf_dnn", "-d", "sims2", "-t", "-tt", "1", "-c", str(cfg),
                   "--feature-file", str(tiny_demo_pickle))
     assert rc == 0
-    df = pd.read_csv(tmp_path / "r" / "tune" / "simsv2-tfn.csv")
+    df = pd.read_csv(tmp_path / "r" / "tune" / "simsv2-lf_dnn.csv")
     assert len(df) == 1 and "Mult_acc_2" in df.columns    # SIMS metrics for simsv2
 
 
