@@ -449,3 +449,16 @@ def test_register_is_idempotent_and_fixes_mmsa(kuda_cache):
 
     p = torch.nn.Parameter(torch.zeros(1))
     mult.ReduceLROnPlateau(torch.optim.SGD([p], lr=0.1), mode="min", verbose=True)
+
+
+def test_make_demo_data_tool(tmp_path):
+    import runpy
+
+    mod = runpy.run_path(str(os.path.join(os.path.dirname(__file__), "..", "tools",
+                                          "make_demo_data.py")))
+    out = tmp_path / "d.pkl"
+    assert mod["main"](["--out", str(out), "--n-train", "6", "--n-valid", "3",
+                        "--n-test", "3", "--text-dim", "4", "--no-bert"]) == 0
+    with open(out, "rb") as f:
+        d = pickle.load(f)
+    assert len(d["train"]["regression_labels"]) == 6 and set(d["train"]) == LAYOUT
