@@ -462,3 +462,35 @@ def test_make_demo_data_tool(tmp_path):
     with open(out, "rb") as f:
         d = pickle.load(f)
     assert len(d["train"]["regression_labels"]) == 6 and set(d["train"]) == LAYOUT
+
+
+def test_stock_model_with_mmsa_layout_config_file(tmp_path, kuda_cache, clean_settings):
+    import MMSA
+
+    cfg = clean_settings
+    with open(os.path.join(os.path.dirname(MMSA.__file__), "config", "config_regression.json")) as f:
+        full = json.load(f)
+    full["lf_dnn"]["datasetParams"]["sims"]["batch_size"] = 7
+    p = tmp_path / "mmsa_layout.json"
+    p.write_text(json.dumps(full))
+    assert cfg.get_config_regression("lf_dnn", "sims", str(p)).batch_size == 7
+    assert cfg.get_config_regression("lf_dnn", "demo", str(p)).batch_size == 7   # 'sims' params
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("batch_size: 5\n")
+    assert cfg.get_config_regression("lf_dnn", "sims", str(flat)).batch_size == 5
+
+
+def test_mmsa_run_python_api_after_register(tmp_path, kuda_cache, clean_settings):
+    """MMSA_run(config_file='') no longer raises FileNotFoundError; a missing dataset is a
+    KudaInputError naming the file."""
+    import MMSA
+
+    from kuda_mmsa.mmsa import register
+
+    register()
+    cfg = clean_settings
+    cfg.configure(data_root=str(tmp_path / "root"))
+    with pytest.raises(KudaInputError, match="SIMSv2/Processed/unaligned.pkl"):
+        MMSA.MMSA_run("kuda", "sims2", config_file="", seeds=[1], verbose_level=0,
+                      gpu_ids=[], num_workers=0, model_save_dir=str(tmp_path / "m"),
+                      res_save_dir=str(tmp_path / "r"), log_dir=str(tmp_path / "l"))
