@@ -63,7 +63,11 @@ def _extensions():
     # No -std here: torch's BuildExtension adds the standard its headers need (C++17 up
     # to torch 2.9, C++20 from there on); forcing one breaks newer torch.
     extra_cxx = ["-O3", "-fopenmp"]
-    define_macros = [("Py_LIMITED_API", "0x03090000")]
+    # torch >= 2.6's BuildExtension defines Py_LIMITED_API itself for py_limited_api
+    # extensions; defining it again (with another value) only produces redefinition warnings.
+    import torch.utils.cpp_extension as _ce
+
+    define_macros = [] if hasattr(_ce, "min_supported_cpython") else [("Py_LIMITED_API", "0x03090000")]
     if use_cuda:
         return [
             CUDAExtension(

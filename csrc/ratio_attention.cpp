@@ -88,10 +88,11 @@ constexpr int64_t BK = 64;  // key tile (columns of the score tile)
 #define KUDA_INLINE inline __attribute__((always_inline))
 
 // exp(x) for x <= 0 (and -inf), written so the compiler vectorises a loop of it
-// (no calls, no branches). Relative error ~2e-7; exactly 0 below -87.
-static inline __attribute__((always_inline)) float exp_neg(float x) {
+// (no calls, no branches). Relative error ~2e-7; exactly 0 below -87; x > 0 is taken as 0.
+static KUDA_INLINE float exp_neg(float x) {
   const bool under = x < -87.0f;
   x = under ? -87.0f : x;
+  x = x > 0.0f ? 0.0f : x;  // callers pass x <= 0 up to rounding; never overflow
   const float t = x * 1.44269504088896341f;  // x * log2(e)
   const float fl = std::floor(t);
   const float f = t - fl;  // [0, 1)
@@ -109,23 +110,40 @@ static inline __attribute__((always_inline)) float exp_neg(float x) {
   return under ? 0.0f : p * sc;
 }
 
-// Transposes x [L, d] into xt [d, Lp] (Lp = L rounded up to BK), zero padded.
-static inline __attribute__((always_inline)) void transpose_pad(const float* x, float* xt, int64_t L, int64_t d,
-                                                                 int64_t Lp) {
-  for (int64_t c = 0; c < d; ++c) {
-    float* row = xt + c * Lp;
-    for (int64_t j = 0; j < L; ++j) row[j] = x[j * d + c];
-    for (int64_t j = L; j < Lp; ++j) row[j] = 0.f;
+// Transposes x [L, d] into xt [d, Lp] (Lp = L rounded up to BK), zero padded; 8 x 8
+// blocks so both sides stay in a few cache lines.
+static KUDA_INLINE void transpose_pad(const float* __restrict x, float* __restrict xt, int64_t L, int64_t d,
+                                      int64_t Lp) {
+  constexpr int64_t T = 8;
+  for (int64_t c0 = 0; c0 < d; c0 += T) {
+    const int64_t cn = std::min(T, d - c0);
+    for (int64_t j0 = 0; j0 < L; j0 += T) {
+      const int64_t jn = std::min(T, L - j0);
+      for (int64_t c = 0; c < cn; ++c)
+        for (int64_t j = 0; j < jn; ++j) xt[(c0 + c) * Lp + j0 + j] = x[(j0 + j) * d + c0 + c];
+    }
+    for (int64_t c = 0; c < cn; ++c)
+      for (int64_t j = L; j < Lp; ++j) xt[(c0 + c) * Lp + j] = 0.f;
   }
 }
 
-constexpr int64_t MR = 4;   // micro-kernel rows
+// keep[j] = 1 for a real, unpadded key, 0 otherwise (j < Lp); bias[j] = 0 or -inf.
+static KUDA_INLINE void key_masks(const bool* __restrict mask, int64_t Lk, int64_t Lp, float* __restrict keep,
+                                  float* __restrict bias) {
+  for (int64_t j = 0; j < Lp; ++j) {
+    const bool ok = j < Lk && !(mask && mask[j]);
+    keep[j] = ok ? 1.f : 0.f;
+    if (bias) bias[j] = ok ? 0.f : -std::numeric_limits<float>::infinity();
+  }
+}
+
+constexpr int64_t MR = 6;   // micro-kernel rows
 constexpr int64_t NR = 16;  // micro-kernel columns (two AVX2 registers)
 
 // C[m, n] += sum_k A(m, k) B(k, n), A(i, k) = a[i * sai + k * sak], B(k, j) = b[k * ldb + j],
 // C(i, j) = c[i * ldc + j]. Register-blocked MR x NR micro-kernel (the n loop is what the
 // compiler vectorises); column remainder done by a plain loop.
-static inline __attribute__((always_inline)) void gemm_acc(int64_t m, int64_t n, int64_t K, const float* __restrict a,
+static KUDA_INLINE void gemm_acc(int64_t m, int64_t n, int64_t K, const float* __restrict a,
                                                             int64_t sai, int64_t sak, const float* __restrict b,
                                                             int64_t ldb, float* __restrict c, int64_t ldc) {
   const int64_t nfull = n / NR * NR;
@@ -160,8 +178,8 @@ static inline __attribute__((always_inline)) void gemm_acc(int64_t m, int64_t n,
   }
 }
 
-constexpr int64_t BR = 16;   // query rows per block (forward)
-constexpr int64_t BRB = 32;  // query rows per block (backward)
+constexpr int64_t BR = 24;   // query rows per block (forward)
+constexpr int64_t BRB = 36;  // query rows per block (backward)
 
 // Forward for one (b, m, h): o [Lq, d] receives the unweighted output, lse [Lq].
 // kt: scratch [d, Lp]; s: scratch [BR, BK]; m/l: scratch [BR].
@@ -170,6 +188,9 @@ static KUDA_INLINE void fwd_head_impl(const float* __restrict q, const float* __
               float* __restrict o, float* __restrict lse, float* __restrict kt, float* __restrict s) {
   const int64_t Lp = (Lk + BK - 1) / BK * BK;
   transpose_pad(k, kt, Lk, d, Lp);
+  float* __restrict keep = kt + d * Lp;
+  float* __restrict bias = keep + Lp;
+  key_masks(mask, Lk, Lp, keep, bias);
   const float ninf = -std::numeric_limits<float>::infinity();
   float mrow[BR], lrow[BR];
   for (int64_t i0 = 0; i0 < Lq; i0 += BR) {
@@ -187,11 +208,7 @@ static KUDA_INLINE void fwd_head_impl(const float* __restrict q, const float* __
       gemm_acc(nr, nw, d, q + i0 * d, d, 1, kt + j0, Lp, s, BK);
       for (int64_t r = 0; r < nr; ++r) {
         float* __restrict sr = s + r * BK;
-        for (int64_t j = 0; j < BK; ++j) sr[j] *= scale;
-        for (int64_t j = n; j < BK; ++j) sr[j] = ninf;
-        if (mask) {
-          for (int64_t j = 0; j < n; ++j) sr[j] = mask[j0 + j] ? ninf : sr[j];
-        }
+        for (int64_t j = 0; j < BK; ++j) sr[j] = sr[j] * scale + bias[j0 + j];
         float tmax = ninf;
 #pragma omp simd reduction(max : tmax)
         for (int64_t j = 0; j < BK; ++j) tmax = tmax > sr[j] ? tmax : sr[j];
@@ -240,6 +257,8 @@ static KUDA_INLINE void bwd_head_impl(const float* __restrict q, const float* __
   const int64_t Lp = (Lk + BK - 1) / BK * BK;
   transpose_pad(k, kt, Lk, d, Lp);
   transpose_pad(v, vt, Lk, d, Lp);
+  float* __restrict keep = kt + d * Lp;
+  key_masks(mask, Lk, Lp, keep, nullptr);
   for (int64_t i0 = 0; i0 < Lq; i0 += BRB) {
     const int64_t nr = std::min(BRB, Lq - i0);
     for (int64_t j0 = 0; j0 < Lp; j0 += BK) {
@@ -256,14 +275,8 @@ static KUDA_INLINE void bwd_head_impl(const float* __restrict q, const float* __
         float* __restrict dpr = dp + r * BK;
         const float li = lse[i0 + r];  // +inf for a fully masked row: P = 0
         const float Di = dvec[i0 + r];
-        for (int64_t j = 0; j < BK; ++j) {
-          const float x = sr[j] * scale - li;
-          sr[j] = exp_neg(x < 0.f ? x : 0.f);
-        }
-        for (int64_t j = n; j < BK; ++j) sr[j] = 0.f;
-        if (mask) {
-          for (int64_t j = 0; j < n; ++j) sr[j] = mask[j0 + j] ? 0.f : sr[j];
-        }
+        // s - lse <= 0 up to rounding (exp_neg clamps at 0); masked/padded keys get keep = 0.
+        for (int64_t j = 0; j < BK; ++j) sr[j] = keep[j0 + j] * exp_neg(sr[j] * scale - li);
         for (int64_t j = 0; j < BK; ++j) dpr[j] = sr[j] * (dpr[j] - Di);  // dS
       }
       // dV[tile] += P^T dO ; dK[tile] += dS^T Q ; dQ[rows] += dS K[tile]
@@ -351,7 +364,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cpu(const at::Tensor& q_, con
     const scalar_t* vp = v.data_ptr<scalar_t>();
     scalar_t* outp = out.data_ptr<scalar_t>();
     at::parallel_for(0, BMH, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> qb, kb, vb, kt(static_cast<size_t>(d * Lp)), sbuf(BR * BK);
+      std::vector<float> qb, kb, vb, kt(static_cast<size_t>(d * Lp + 2 * Lp)), sbuf(BR * BK);
       for (int64_t bmh = begin; bmh < end; ++bmh) {
         const int64_t bm = bmh / H;
         const float* qf = as_float(qp + bmh * Lq * d, Lq * d, qb);
@@ -403,7 +416,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cpu(
     scalar_t* dkp = dk.data_ptr<scalar_t>();
     scalar_t* dvp = dv.data_ptr<scalar_t>();
     at::parallel_for(0, BMH, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> qb, kb, vb, kt(static_cast<size_t>(d * Lp)), vt(static_cast<size_t>(d * Lp));
+      std::vector<float> qb, kb, vb, kt(static_cast<size_t>(d * Lp + 2 * Lp)), vt(static_cast<size_t>(d * Lp));
       std::vector<float> sbuf(BRB * BK), dpbuf(BRB * BK);
       std::vector<float> dob(static_cast<size_t>(Lq * d)), dvec(static_cast<size_t>(Lq));
       std::vector<float> dqa(static_cast<size_t>(Lq * d)), dka(static_cast<size_t>(Lk * d)),

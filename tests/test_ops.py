@@ -73,9 +73,9 @@ def nerr(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() if b.numel() else 0.0
 
 
-def check_against_reference(B, M, H, Lq, Lk, d, dtype, device, masked, seed=0):
+def check_against_reference(B, M, H, Lq, Lk, d, dtype, device, masked, seed=0, scale=None):
     q, k, v, w, mask = make_inputs(B, M, H, Lq, Lk, d, dtype, device, masked, seed)
-    scale = 1.0 / math.sqrt(d)
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
     tv, tg = TOL[dtype]
     # op: the public C++ op (composes _ratio_cross_attention_fwd, backward via the registered formula)
     leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, w)]
@@ -124,6 +124,41 @@ def test_cpu_matches_reference_fp32(case):
 @pytest.mark.parametrize("case", [CPU_CASES[2], CPU_CASES[5], CPU_CASES[8]], ids=["daf", "d128", "d40"])
 def test_cpu_matches_reference_half(case, dtype):
     check_against_reference(*case[:6], dtype, "cpu", case[6], seed=3)
+
+
+@needs_cpu_op
+@pytest.mark.parametrize("scale", [3.0, 1e-4])
+def test_cpu_extreme_scales(scale):
+    """Scores of hundreds (masked keys far above the valid ones) and nearly flat ones."""
+    check_against_reference(2, 3, 2, 40, 70, 32, torch.float32, "cpu", True, seed=5, scale=scale)
+
+
+def check_masked_keys_far_above_valid(device):
+    """Valid scores near -96, masked ones near +96 (and padded tile columns at 0): any
+    exp of a masked/padded score left unclamped overflows and 0 * inf gives NaN."""
+    B, M, H, Lq, Lk, d = 1, 2, 1, 3, 10, 32
+    q = torch.ones(B, M, H, Lq, d, device=device)
+    k = torch.ones(B, M, H, Lk, d, device=device)
+    k[..., :5, :] = -1.0
+    v = torch.randn(B, M, H, Lk, d, generator=torch.Generator().manual_seed(0)).to(device)
+    w = torch.tensor([[1.0, -2.0]], device=device)
+    mask = torch.zeros(B, M, Lk, dtype=torch.bool, device=device)
+    mask[..., 5:] = True
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    out = torch.ops.kuda_mmsa.ratio_cross_attention(*leaves, mask, 3.0)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    out.backward(gout)
+    rleaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    ref = reference(*rleaves, mask, 3.0)
+    ref.backward(gout)
+    assert nerr(out, ref) < 1e-5
+    for a, b in zip(leaves, rleaves):
+        assert nerr(a.grad, b.grad) < 1e-4
+
+
+@needs_cpu_op
+def test_cpu_masked_keys_far_above_valid():
+    check_masked_keys_far_above_valid("cpu")
 
 
 @needs_cpu_op
@@ -334,6 +369,19 @@ CUDA_GRID = CUDA_GRID[:60]
 def test_cuda_matches_reference(case, dtype):
     B, M, H, (Lq, Lk), d, masked = case
     check_against_reference(B, M, H, Lq, Lk, d, dtype, "cuda", masked, seed=hash(case) % 1000)
+
+
+@pytest.mark.cuda
+@needs_cuda_op
+@pytest.mark.parametrize("scale", [3.0, 1e-4])
+def test_cuda_extreme_scales(scale):
+    check_against_reference(2, 3, 2, 40, 70, 32, torch.float32, "cuda", True, seed=5, scale=scale)
+
+
+@pytest.mark.cuda
+@needs_cuda_op
+def test_cuda_masked_keys_far_above_valid():
+    check_masked_keys_far_above_valid("cuda")
 
 
 @pytest.mark.cuda
