@@ -2,7 +2,7 @@
 # One-shot GPU check of the kernels on a machine with an NVIDIA GPU and a torch that has
 # CUDA: builds the extension in place (CUDA, arch $TORCH_CUDA_ARCH_LIST, default 9.0),
 # runs tests/test_ops.py and tools/bench_kernels.py --device cuda. Logs go to $OUT
-# (default ./gpu_check_out). Wheels in .whl/ (e.g. expecttest for opcheck) are installed
+# (default ./gpu_check_out). PYTEST_K=expr runs a subset, BENCH=0 skips the benchmark. Wheels in .whl/ (e.g. expecttest for opcheck) are installed
 # to /tmp/site first when present.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -26,7 +26,11 @@ if ! $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
   echo "BUILD FAILED"; tail -40 "$OUT/build.log"; exit 1
 fi
 echo "build ok in $(( $(date +%s) - start )) s"
-timeout ${TEST_TIMEOUT:-300} $PY -m pytest tests/test_ops.py -q -rs --maxfail=25 -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log" | tail -40
+# PYTEST_K selects a subset (pytest -k); BENCH=0 skips the benchmark.
+timeout ${TEST_TIMEOUT:-300} $PY -m pytest tests/test_ops.py -q -rs --maxfail=25 -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 \
+  | tee "$OUT/pytest.log" | tail -40
 echo "pytest exit ${PIPESTATUS[0]}"
-timeout ${BENCH_TIMEOUT:-150} $PY tools/bench_kernels.py --device cuda 2>&1 | tee "$OUT/bench.log"
-echo "bench exit ${PIPESTATUS[0]}"
+if [ "${BENCH:-1}" != 0 ]; then
+  timeout ${BENCH_TIMEOUT:-150} $PY tools/bench_kernels.py --device cuda 2>&1 | tee "$OUT/bench.log"
+  echo "bench exit ${PIPESTATUS[0]}"
+fi
