@@ -164,3 +164,19 @@ def test_token_ids_outside_vocabulary_are_a_clear_error():
 def test_invalid_fusion_mode_is_a_clear_error():
     with pytest.raises(KudaInputError, match="fusion_mode"):
         KuDAConfig.from_dict({"fusion_mode": "static"})
+
+
+def test_estimate_ratio_source_is_label_free_and_trains_its_estimator():
+    model = make_model(ratio_source="estimate", ratio_k=5.0)
+    inputs, labels = make_batch()
+    train_out = model.train()(**inputs, labels=labels)
+    expected = torch.nn.functional.mse_loss(train_out["estimate"], labels)
+    torch.testing.assert_close(train_out["aux"], expected)
+    train_out["aux"].backward()
+    assert all(p.grad is not None for p in model.ratio_estimator.parameters())
+    # The ratio targets the estimate, not the label: same ratio with or without labels.
+    eval_out = model.eval()(**inputs)
+    assert "aux" not in eval_out
+    torch.testing.assert_close(train_out["ratio"], eval_out["ratio"])
+    scores = torch.cat([eval_out[m] for m in "TVA"], -1)
+    torch.testing.assert_close(eval_out["ratio"], sentiment_ratio(scores, eval_out["estimate"], 5.0))

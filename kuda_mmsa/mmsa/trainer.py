@@ -114,6 +114,8 @@ class KuDATrainer:
                     labels = batch["labels"]["M"].to(device).view(-1, 1)
                     out = model(**_inputs(batch, device), labels=labels)
                     loss = self.criterion(out["M"], labels) + self.ce_weight * out["ce"]
+                    if "aux" in out:  # the label-free ratio estimator's own loss
+                        loss = loss + out["aux"]
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     if clip > 0:

@@ -2,7 +2,8 @@
 
 forward(text, audio, vision, audio_lengths=None, vision_lengths=None, labels=None) returns
 {'M': [B,1] prediction, 'T', 'V', 'A': [B,1] unimodal scores, 'ratio': [B,3] (T, V, A),
- 'ce': correlation-estimation loss (unweighted scalar)}.
+ 'ce': correlation-estimation loss (unweighted scalar)}; with ratio_source 'estimate' also
+'estimate' [B,1] and, given labels, 'aux' (the estimator's MSE, added to the loss).
 """
 from typing import Any, Dict, Mapping, Optional
 
@@ -14,7 +15,7 @@ from .encoders import build_branch
 from .fusion import DAFBlock, LengthAlignment
 from .layers import masked_mean
 from .losses import correlation_estimation_loss
-from .ratio import RATIO_TARGETS, sentiment_ratio
+from .ratio import RATIO_TARGETS, RatioEstimator, sentiment_ratio
 
 
 class OutputHead(nn.Module):
@@ -45,6 +46,7 @@ class KuDA(nn.Module):
         })
         self.blocks = nn.ModuleList(DAFBlock(config, len(MODALITIES)) for _ in range(config.fusion_layers))
         self.head = OutputHead(config.hidden_size, config.head_sizes)
+        self.ratio_estimator = RatioEstimator(len(MODALITIES)) if config.ratio_source == "estimate" else None
 
     @property
     def dynamic(self) -> bool:
@@ -62,7 +64,7 @@ class KuDA(nn.Module):
             p.requires_grad_(False)
 
     # ------------------------------------------------------------------ ratio
-    def _ratio(self, scores: torch.Tensor, labels: Optional[torch.Tensor]):
+    def _ratio(self, scores: torch.Tensor, labels: Optional[torch.Tensor], estimate: Optional[torch.Tensor]):
         """Returns (weight for the attention op [B, M], reference-mode ratio or None, ratio to report)."""
         b, m = scores.shape
         ones = scores.new_ones(b, m)
@@ -74,11 +76,13 @@ class KuDA(nn.Module):
         if not self.dynamic:
             # Authors: ratio from the label in training; no ratio at all in evaluation.
             if self.training and labels is not None:
-                r = sentiment_ratio(scores, RATIO_TARGETS["label"](scores, labels), cfg.ratio_k)
+                r = sentiment_ratio(scores, RATIO_TARGETS["label"](scores, labels, None), cfg.ratio_k)
                 return ones, r, r
             return ones, None, uniform
-        source = cfg.ratio_source if (self.training and labels is not None) else "consensus"
-        r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels), cfg.ratio_k)
+        source = cfg.ratio_source
+        if source == "label" and not (self.training and labels is not None):
+            source = "consensus"  # the label ablation has no label at evaluation
+        r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate), cfg.ratio_k)
         return m * r, None, r
 
     # ------------------------------------------------------------------ forward
@@ -94,19 +98,26 @@ class KuDA(nn.Module):
         text_pad = pads["T"] if masked else None
         sources = [self.align[m](units[m], pads[m] if masked else None) for m in MODALITIES]
 
-        weight, reference_ratio, ratio = self._ratio(torch.cat([scores[m] for m in MODALITIES], dim=-1), labels)
+        unimodal = torch.cat([scores[m] for m in MODALITIES], dim=-1)
+        estimate = self.ratio_estimator(unimodal) if self.ratio_estimator is not None else None
+        weight, reference_ratio, ratio = self._ratio(unimodal, labels, estimate)
         f = sum(sources)
         for block in self.blocks:
             f = block(f, sources, weight.to(f.dtype), text_pad, reference_ratio)
 
         fused = masked_mean(f, text_pad)
         ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused)
-        return {
+        out = {
             "M": self.head(fused),
             "T": scores["T"], "V": scores["V"], "A": scores["A"],
             "ratio": ratio,
             "ce": ce,
         }
+        if estimate is not None:
+            out["estimate"] = estimate
+            if labels is not None:  # auxiliary loss of the label-free ratio estimator
+                out["aux"] = torch.nn.functional.mse_loss(estimate, labels.reshape(-1, 1).to(estimate.dtype))
+        return out
 
 
 def build_kuda(args: Mapping[str, Any], text_encoder: Optional[nn.Module] = None) -> KuDA:

@@ -2,26 +2,50 @@
 r_m = exp(-k (s_m - s)^2) normalised over the modalities.
 
 Where the target s comes from is a registry, so ablations add sources without touching the
-model: `consensus` (label-free: the mean unimodal score) and `label` (the ground truth; the
-authors' training-time choice)."""
+model. Each entry takes (scores [B, M], labels [B, 1] or None, estimate [B, 1] or None):
+- `consensus`: label-free, the mean unimodal score;
+- `estimate`: label-free, a small learned estimator of the overall score from the unimodal
+  scores (RatioEstimator), trained with an auxiliary MSE against the label, so the ratio
+  approximates the authors' label-based one and exists at inference too;
+- `label`: the ground truth (the authors' training-time choice; training only)."""
 from typing import Callable, Dict, Optional
 
 import torch
 
-RatioTarget = Callable[[torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+from torch import nn
+
+RatioTarget = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]], torch.Tensor]
 
 
-def _consensus(scores: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+def _consensus(scores, labels=None, estimate=None) -> torch.Tensor:
     return scores.mean(dim=-1, keepdim=True)
 
 
-def _label(scores: torch.Tensor, labels: Optional[torch.Tensor]) -> torch.Tensor:
+def _estimate(scores, labels=None, estimate=None) -> torch.Tensor:
+    if estimate is None:
+        raise ValueError("ratio_source 'estimate' needs the model's RatioEstimator output")
+    return estimate.detach()
+
+
+def _label(scores, labels=None, estimate=None) -> torch.Tensor:
     if labels is None:
         raise ValueError("ratio_source 'label' needs the labels in forward()")
     return labels.reshape(-1, 1).to(scores.dtype)
 
 
-RATIO_TARGETS: Dict[str, RatioTarget] = {"consensus": _consensus, "label": _label}
+RATIO_TARGETS: Dict[str, RatioTarget] = {"consensus": _consensus, "estimate": _estimate, "label": _label}
+LABEL_FREE = ("consensus", "estimate")
+
+
+class RatioEstimator(nn.Module):
+    """Overall score estimated from the (detached) unimodal scores: 3 -> 16 -> 1."""
+
+    def __init__(self, num_modalities: int = 3, hidden: int = 16):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(num_modalities, hidden), nn.GELU(), nn.Linear(hidden, 1))
+
+    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.mlp(scores.detach())
 
 
 def sentiment_ratio(scores: torch.Tensor, target: torch.Tensor, k: float) -> torch.Tensor:
