@@ -338,6 +338,36 @@ def test_backend_reports_compiled_and_require_passes():
     assert "'cpu': 'compiled'" in r.stdout or "'cpu': 'jit'" in r.stdout, r.stdout
 
 
+@pytest.mark.slow
+def test_backend_jit_build_when_opted_in(tmp_path):
+    """KUDA_MMSA_JIT=1 with no usable _C: csrc/ is compiled (ninja) into KUDA_MMSA_CACHE."""
+    import shutil
+
+    from torch.utils import cpp_extension
+
+    if shutil.which("c++") is None or not cpp_extension.is_ninja_available():
+        pytest.skip("no C++ compiler or ninja")
+    r = _run_py(
+        _HIDE_C
+        + textwrap.dedent(
+            """
+            import torch, kuda_mmsa.ops as ops
+            assert ops.backend()["cpu"] == "jit", ops.backend()
+            g = torch.Generator().manual_seed(0)
+            q = torch.randn(2, 3, 2, 5, 16, generator=g); k = torch.randn(2, 3, 2, 7, 16, generator=g)
+            w = torch.randn(2, 3, generator=g)
+            d = (ops.ratio_cross_attention(q, k, k, w) - ops.ratio_cross_attention_reference(q, k, k, w)).abs().max()
+            assert d < 1e-5, d
+            print("OK")
+            """
+        ),
+        KUDA_MMSA_JIT="1",
+        KUDA_MMSA_CACHE=str(tmp_path),
+        CUDA_VISIBLE_DEVICES="",  # CPU-only JIT build keeps this test short
+    )
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
 def test_extension_built_means_compiled_backend():
     """If a _C library sits in the package, it must load: a broken build must not hide."""
     built = list((ROOT / "kuda_mmsa").glob("_C*.so")) + list((ROOT / "kuda_mmsa").glob("_C*.pyd"))
