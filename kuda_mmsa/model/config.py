@@ -9,7 +9,7 @@ from typing import Any, List, Mapping, Optional
 from ..errors import KudaInputError
 
 FUSION_MODES = ("dynamic", "reference")
-RATIO_SOURCES = ("consensus", "estimate", "label")
+RATIO_SOURCES = ("consensus", "estimate", "prediction", "label")
 # Internal modality order is the paper's (T, V, A); MMSA's lists are (T, A, V).
 MODALITIES = ("T", "V", "A")
 

@@ -2,8 +2,9 @@
 
 forward(text, audio, vision, audio_lengths=None, vision_lengths=None, labels=None) returns
 {'M': [B,1] prediction, 'T', 'V', 'A': [B,1] unimodal scores, 'ratio': [B,3] (T, V, A),
- 'ce': correlation-estimation loss (unweighted scalar)}; with ratio_source 'estimate' also
-'estimate' [B,1] and, given labels, 'aux' (the estimator's MSE, added to the loss).
+ 'ce': correlation-estimation loss (unweighted scalar)}; with ratio_source 'estimate' or
+'prediction' also 'estimate' [B,1] (the ratio's target) and, given labels, 'aux' (the
+estimate's MSE, added to the loss).
 """
 from typing import Any, Dict, Mapping, Optional
 
@@ -85,6 +86,17 @@ class KuDA(nn.Module):
         r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate), cfg.ratio_k)
         return m * r, None, r
 
+    @property
+    def _first_pass(self) -> bool:
+        cfg = self.config
+        return self.dynamic and cfg.use_ratio and cfg.ratio_source == "prediction"
+
+    def _fuse(self, sources, weight, text_pad, reference_ratio):
+        f = sum(sources)
+        for block in self.blocks:
+            f = block(f, sources, weight.to(f.dtype), text_pad, reference_ratio)
+        return f
+
     # ------------------------------------------------------------------ forward
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
                 audio_lengths: Optional[torch.Tensor] = None, vision_lengths: Optional[torch.Tensor] = None,
@@ -100,10 +112,12 @@ class KuDA(nn.Module):
 
         unimodal = torch.cat([scores[m] for m in MODALITIES], dim=-1)
         estimate = self.ratio_estimator(unimodal) if self.ratio_estimator is not None else None
+        if self._first_pass:
+            # ratio_source 'prediction': the static-fusion prediction of the same network.
+            estimate = self.head(masked_mean(self._fuse(sources, unimodal.new_ones(unimodal.shape),
+                                                        text_pad, None), text_pad))
         weight, reference_ratio, ratio = self._ratio(unimodal, labels, estimate)
-        f = sum(sources)
-        for block in self.blocks:
-            f = block(f, sources, weight.to(f.dtype), text_pad, reference_ratio)
+        f = self._fuse(sources, weight, text_pad, reference_ratio)
 
         fused = masked_mean(f, text_pad)
         ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused)

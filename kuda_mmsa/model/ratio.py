@@ -7,6 +7,10 @@ model. Each entry takes (scores [B, M], labels [B, 1] or None, estimate [B, 1] o
 - `estimate`: label-free, a small learned estimator of the overall score from the unimodal
   scores (RatioEstimator), trained with an auxiliary MSE against the label, so the ratio
   approximates the authors' label-based one and exists at inference too;
+- `prediction`: label-free, the model's own prediction from a first fusion pass with every
+  modality weighted 1 (static fusion, same blocks and head; trained with an auxiliary MSE),
+  i.e. "how close is each modality to what the whole model thinks"; costs a second pass
+  through the fusion blocks;
 - `label`: the ground truth (the authors' training-time choice; training only)."""
 from typing import Callable, Dict, Optional
 
@@ -27,14 +31,21 @@ def _estimate(scores, labels=None, estimate=None) -> torch.Tensor:
     return estimate.detach()
 
 
+def _prediction(scores, labels=None, estimate=None) -> torch.Tensor:
+    if estimate is None:
+        raise ValueError("ratio_source 'prediction' needs the model's first-pass prediction")
+    return estimate.detach()
+
+
 def _label(scores, labels=None, estimate=None) -> torch.Tensor:
     if labels is None:
         raise ValueError("ratio_source 'label' needs the labels in forward()")
     return labels.reshape(-1, 1).to(scores.dtype)
 
 
-RATIO_TARGETS: Dict[str, RatioTarget] = {"consensus": _consensus, "estimate": _estimate, "label": _label}
-LABEL_FREE = ("consensus", "estimate")
+RATIO_TARGETS: Dict[str, RatioTarget] = {"consensus": _consensus, "estimate": _estimate,
+                                         "prediction": _prediction, "label": _label}
+LABEL_FREE = ("consensus", "estimate", "prediction")
 
 
 class RatioEstimator(nn.Module):
