@@ -78,7 +78,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                    help='Text encoder (HF name or local BERT folder; "demo-tiny-bert" = the '
                         'local demo BERT), overriding the config')
     g.add_argument('--no-plots', action='store_true',
-                   help='Do not write plots (accepted; plots are not produced yet)')
+                   help='Do not write the training-curve PNG next to the log')
     return p
 
 
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
         from . import config as cfg
 
         cfg.configure(data_root=a.data_root, knowledge_dir=a.knowledge_dir,
-                      pretrained=a.pretrained)
+                      pretrained=a.pretrained, plots=False if a.no_plots else None)
         from .register import register
 
         register()

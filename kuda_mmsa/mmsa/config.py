@@ -30,12 +30,13 @@ from ..errors import KudaInputError
 from .datasets import STOCK_DATASETS, canonical_name, get_facts
 
 KUDA = "kuda"
-_SETTINGS_KEYS = ("data_root", "knowledge_dir", "pretrained")
+_SETTINGS_KEYS = ("data_root", "knowledge_dir", "pretrained", "log_dir", "plots")
 _settings: dict = {}
 
 
 def configure(**kwargs) -> None:
-    """Run settings from the CLI: data_root, knowledge_dir, pretrained (None = unset)."""
+    """Run settings from the CLI: data_root, knowledge_dir, pretrained, log_dir, plots
+    (None = unset)."""
     for k, v in kwargs.items():
         if k not in _SETTINGS_KEYS:
             raise TypeError(f"unknown setting {k!r}; known: {_SETTINGS_KEYS}")
@@ -249,6 +250,9 @@ def _kuda_config(dataset_name, config_file, tune=False, random_choice=True):
         args = deep_merge(args, _draw(tune_cfg, random_choice))
     for k in ("pretrained",):
         if _settings.get(k):
+            args[k] = _settings[k]
+    for k in ("log_dir", "plots"):  # where/whether the trainer writes its training curves
+        if k in _settings:
             args[k] = _settings[k]
     return args, facts
 

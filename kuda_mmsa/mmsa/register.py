@@ -196,8 +196,13 @@ def _wrap_run(orig):
                  is_tune=False, tune_times=50, custom_feature=None, feature_T=None,
                  feature_A=None, feature_V=None, gpu_ids=[0], num_workers=4,
                  verbose_level=1, model_save_dir=None, res_save_dir=None, log_dir=None):
+        from pathlib import Path
+
+        from . import config as cfg
         from .datasets import canonical_name
 
+        # The KuDA trainer writes its training curves next to MMSA's log.
+        cfg.configure(log_dir=str(log_dir or Path.home() / "MMSA" / "logs"))
         return orig(
             model_name=str(model_name).lower(), dataset_name=canonical_name(dataset_name),
             config_file=config_file or None, config=config, seeds=list(seeds or []),

@@ -155,7 +155,22 @@ class KuDATrainer:
                 break
         resume.unlink(missing_ok=True)
         logger.info(f"Best validation {key} {best_valid:.4f} at epoch {best_epoch}; weights in {args['model_save_path']}")
+        if args.get("plots", True):
+            self.save_curves(key)
         return epoch_results if return_epoch_results else None
+
+    def save_curves(self, key):
+        """Training curves PNG next to MMSA's log (never fails the run)."""
+        from .. import plots
+
+        args = self.args
+        folder = Path(args.get("log_dir") or Path(str(args["model_save_path"])).parent)
+        path = folder / f"{args['model_name']}-{args['dataset_name']}-seed{torch.initial_seed()}-curves.png"
+        try:
+            if plots.save_training_curves(self.history, path, key) is not None:
+                logger.info(f"Training curves: {path}")
+        except Exception as e:
+            logger.warning(f"Training curves not written: {e}")
 
     # ------------------------------------------------------------------ test
     def do_test(self, model, dataloader, mode="VAL", return_sample_results=False):

@@ -1,0 +1,184 @@
+"""Plots for KuDA runs and explanations (matplotlib is optional: ``pip install -e .[plot]``).
+
+Every function returns the path it wrote, or None when matplotlib is missing; in that case
+a single one-line notice is logged (once per process) and nothing fails.
+
+- save_training_curves(history, path): train loss and the validation KeyEval per epoch;
+- ratio_distribution(ratios, path): histogram of R_T, R_V, R_A;
+- ratio_by_group(ratios, groups, path, ...): mean ratio per modality for each group (the
+  known dominant modality on the demo data, |error| bins on real data);
+- sample_panels(rows, path): paper-Figure-1-style panels (unimodal scores and ratios per
+  modality, with the label and the prediction) for chosen samples.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+logger = logging.getLogger("MMSA")
+
+MODALITY_NAMES = ("text", "vision", "audio")          # T, V, A order of the model's ratio
+MODALITY_COLORS = ("#1f77b4", "#2ca02c", "#d62728")
+_notice = {"shown": False}
+
+
+def _pyplot():
+    """matplotlib.pyplot with a file-only backend, or None (one notice per process)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=True)
+        import matplotlib.pyplot as plt
+    except ImportError:
+        if not _notice["shown"]:
+            logger.warning("matplotlib is not installed: no plots written "
+                           "(pip install -e '.[plot]' or pip install matplotlib).")
+            _notice["shown"] = True
+        return None
+    return plt
+
+
+def available() -> bool:
+    return _pyplot() is not None
+
+
+def _save(fig, plt, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_training_curves(history: List[dict], path, key_eval: Optional[str] = None) -> Optional[Path]:
+    """history: [{'epoch', 'train_loss', 'valid': {metric: value}}] (KuDATrainer.history).
+    Left axis: training loss; right axis: the validation KeyEval (``key_eval``, default
+    'Loss' when present, else the first metric). The best epoch is marked."""
+    plt = _pyplot()
+    if plt is None or not history:
+        return None
+    epochs = [h["epoch"] for h in history]
+    valid = [h.get("valid", {}) for h in history]
+    key = key_eval or ("Loss" if "Loss" in valid[0] else next(iter(valid[0]), None))
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(epochs, [h["train_loss"] for h in history], "o-", color="#1f77b4", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss (MSE + α·CE)")
+    handles = ax.get_lines()
+    if key is not None:
+        ax2 = ax.twinx()
+        vals = [v.get(key, float("nan")) for v in valid]
+        ax2.plot(epochs, vals, "s--", color="#ff7f0e", label=f"valid {key}")
+        finite = [(e, v) for e, v in zip(epochs, vals) if v == v]
+        if finite:
+            best = (min if key in ("Loss", "MAE") else max)(finite, key=lambda t: t[1])
+            ax2.plot([best[0]], [best[1]], "*", color="black", markersize=12,
+                     label=f"best valid {key} (epoch {best[0]})")
+        ax2.set_ylabel(f"validation {key}")
+        handles = handles + ax2.get_lines()
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper right", fontsize=8)
+    ax.set_title("KuDA stage 2: training curves")
+    ax.grid(alpha=0.3)
+    if len(epochs) < 15:
+        ax.set_xticks(epochs)
+    return _save(fig, plt, path)
+
+
+def ratio_distribution(ratios: Sequence[Sequence[float]], path) -> Optional[Path]:
+    """Histogram of each modality's ratio over the samples ([N, 3], T, V, A order)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    import numpy as np
+
+    r = np.asarray(ratios, dtype=float).reshape(-1, 3)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    bins = np.linspace(0.0, 1.0, 41)
+    for i, (name, color) in enumerate(zip(MODALITY_NAMES, MODALITY_COLORS)):
+        ax.hist(r[:, i], bins=bins, alpha=0.5, color=color,
+                label=f"R_{name[0].upper()} ({name}), mean {r[:, i].mean():.2f}")
+    ax.axvline(1 / 3, color="gray", linestyle=":", label="uniform (1/3)")
+    ax.set_xlabel("sentiment ratio R_m")
+    ax.set_ylabel("number of samples")
+    ax.set_title(f"Ratio distribution per modality (N = {len(r)})")
+    ax.legend(fontsize=8)
+    return _save(fig, plt, path)
+
+
+def ratio_by_group(ratios, groups: Sequence[str], path, group_order: Optional[Sequence[str]] = None,
+                   xlabel: str = "group", title: Optional[str] = None) -> Optional[Path]:
+    """Grouped bars: mean ratio (± std) of each modality for each group of samples, with
+    the group size in the tick label."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    import numpy as np
+
+    r = np.asarray(ratios, dtype=float).reshape(-1, 3)
+    groups = np.asarray(list(groups), dtype=object)
+    order = list(group_order) if group_order is not None else sorted(set(groups.tolist()))
+    order = [g for g in order if (groups == g).any()]
+    fig, ax = plt.subplots(figsize=(7.0, 4.2))
+    x = np.arange(len(order))
+    width = 0.26
+    for i, (name, color) in enumerate(zip(MODALITY_NAMES, MODALITY_COLORS)):
+        means = [r[groups == g, i].mean() for g in order]
+        stds = [r[groups == g, i].std() for g in order]
+        ax.bar(x + (i - 1) * width, means, width, yerr=stds, capsize=3, color=color,
+               label=f"R_{name[0].upper()} ({name})")
+    ax.axhline(1 / 3, color="gray", linestyle=":", label="uniform (1/3)")
+    ax.set_xticks(x)
+    ax.set_xticklabels([f"{g}\n(n={(groups == g).sum()})" for g in order])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("mean ratio R_m (± std)")
+    ax.set_title(title or "Sentiment ratios by group")
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, plt, path)
+
+
+def sample_panels(rows: List[Dict], path) -> Optional[Path]:
+    """One panel per sample (paper Figure 1 style). Each row: id, T, V, A (unimodal
+    scores), R_T, R_V, R_A, prediction, label and optionally annotation."""
+    plt = _pyplot()
+    if plt is None or not rows:
+        return None
+    import numpy as np
+
+    n = len(rows)
+    cols = min(n, 3)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.6 * nrows), squeeze=False)
+    x = np.arange(3)
+    for ax, row in zip(axes.flat, rows):
+        scores = [float(row[m]) for m in "TVA"]
+        ratios = [float(row[f"R_{m}"]) for m in "TVA"]
+        ax.bar(x - 0.2, scores, 0.4, color=MODALITY_COLORS, alpha=0.9, label="unimodal score")
+        ax.axhline(float(row["label"]), color="black", linestyle="--",
+                   label=f"label {float(row['label']):+.2f}")
+        ax.axhline(float(row["prediction"]), color="purple", linestyle=":",
+                   label=f"KuDA prediction {float(row['prediction']):+.2f}")
+        ax.axhline(0.0, color="gray", linewidth=0.5)
+        ax.set_ylim(-1.15, 1.15)
+        ax.set_ylabel("sentiment score")
+        ax2 = ax.twinx()
+        ax2.bar(x + 0.2, ratios, 0.4, color=MODALITY_COLORS, alpha=0.35, hatch="//",
+                edgecolor="black", label="ratio R_m")
+        for xi, rv in zip(x, ratios):
+            ax2.text(xi + 0.2, rv + 0.02, f"{rv:.2f}", ha="center", fontsize=7)
+        ax2.set_ylim(0, 1.15)
+        ax2.set_ylabel("ratio R_m")
+        ax.set_xticks(x)
+        ax.set_xticklabels(["text", "vision", "audio"])
+        title = str(row["id"])
+        if row.get("annotation"):
+            title += f"\n{row['annotation']}"
+        ax.set_title(title, fontsize=9)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="lower left")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle("Unimodal scores (solid) and sentiment ratios (hatched) per sample", fontsize=10)
+    return _save(fig, plt, path)

@@ -1,0 +1,103 @@
+"""tools/ablate.py and kuda_mmsa.ablation on the tiny demo data: one seed, two variants,
+metrics equal to MMSA's own result CSV, Markdown table, and a resumed invocation that runs
+nothing."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_MODEL = dict(
+    hidden_size=16, fusion_heads=2, fusion_head_dim=8, fusion_ff_size=32, fusion_layers=2,
+    av_hidden_size=8, av_heads=2, av_ff_size=8, av_layers=2, adapter_heads=2,
+    batch_size=8, epochs=1, early_stop=5, learning_rate=1e-3,
+    pretrain={"epochs": {"T": 1, "V": 1, "A": 1}, "batch_size": 8, "early_stop": 5},
+)
+METRICS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(TINY_MODEL))
+    return p
+
+
+def _mmsa_csv_mean(run_dir: Path, metric: str) -> float:
+    """MMSA's own result CSV cell '(mean*100, std*100)' for the run's single seed."""
+    with open(run_dir / "normal" / "demo.csv") as f:
+        row = list(csv.DictReader(f))[-1]
+    return float(row[metric].strip("()").split(",")[0])
+
+
+def test_ablation_runs_variants_writes_csv_table_and_resumes(tiny_demo_pickle, tiny_cfg, tmp_path, monkeypatch):
+    from kuda_mmsa import ablation
+    from kuda_mmsa.mmsa.config import configure, reset_settings
+
+    configure(knowledge_dir=str(tmp_path / "knowledge"), plots=False)
+    out = tmp_path / "abl"
+    try:
+        res = ablation.run_ablation("demo", [7], ["kuda", "kuda_static"], out,
+                                    feature_file=str(tiny_demo_pickle), config_file=str(tiny_cfg),
+                                    verbose_level=0, echo=lambda *a: None)
+    finally:
+        reset_settings()
+    assert res["ran"] == [("kuda", 7), ("kuda_static", 7)]
+    with open(out / "ablation.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["variant"], r["seed"]) for r in rows] == [("kuda", "7"), ("kuda_static", "7")]
+    for r in rows:
+        run_dir = out / "runs" / r["variant"] / "seed7"
+        for m in METRICS:  # the same numbers MMSA itself wrote for that run
+            assert round(float(r[m]) * 100, 2) == pytest.approx(_mmsa_csv_mean(run_dir, m), abs=0.011)
+        assert 0.0 <= float(r["DomFrac"]) <= 1.0
+    # The variant's config reached the model: static fusion has no ratio-dependent weights,
+    # so its args say use_ratio false; the log of MMSA records the args.
+    assert "'use_ratio': False" in (out / "runs" / "kuda_static" / "seed7" / "kuda-demo.log").read_text()
+    assert "'use_ratio': True" in (out / "runs" / "kuda" / "seed7" / "kuda-demo.log").read_text()
+    md = (out / "ablation.md").read_text()
+    mae = float(rows[0]["MAE"])
+    assert f"| kuda | 1 | " in md and f"{mae:.4f} ± 0.0000" in md
+    assert "| kuda_static | 1 |" in md
+
+    # Second invocation through the command line: nothing runs again.
+    import MMSA.run
+
+    def boom(*a, **k):
+        raise AssertionError("a finished (variant, seed) was run again")
+
+    monkeypatch.setattr(MMSA.run, "_run", boom)
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import ablate
+    finally:
+        sys.path.pop(0)
+    assert ablate.main(["-d", "demo", "-s", "7", "--variants", "kuda", "kuda_static", "--out", str(out),
+                        "--feature-file", str(tiny_demo_pickle), "-c", str(tiny_cfg),
+                        "--knowledge-dir", str(tmp_path / "knowledge"), "--no-plots"]) == 0
+    reset_settings()
+    with open(out / "ablation.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+
+def test_unknown_variant_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "ablate.py"), "-d", "demo",
+                           "--variants", "nope", "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "invalid choice: 'nope'" in proc.stderr
+
+
+def test_variant_registry_covers_the_issue():
+    from kuda_mmsa.ablation import VARIANTS
+
+    assert VARIANTS["kuda_reference"].config == {"fusion_mode": "reference"}
+    assert VARIANTS["kuda_static"].config == {"use_ratio": False}
+    assert VARIANTS["kuda_no_knowledge"].config == {"use_knowledge": False}
+    assert VARIANTS["kuda_no_ce"].config == {"ce_weight": 0.0}
+    assert VARIANTS["kuda_estimate"].config == {"ratio_source": "estimate"}
+    assert {"lf_dnn", "tfn", "self_mm"} <= {v.model for v in VARIANTS.values()}
