@@ -62,7 +62,9 @@ def _extensions():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     # No -std here: torch's BuildExtension adds the standard its headers need (C++17 up
     # to torch 2.9, C++20 from there on); forcing one breaks newer torch.
-    extra_cxx = ["-O3", "-fopenmp"]
+    # -fno-trapping-math / -fno-math-errno: lets GCC if-convert and vectorise the CPU
+    # kernel's exp and clamps (it never reads FP exception flags or errno).
+    extra_cxx = ["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"]
     # torch >= 2.6's BuildExtension defines Py_LIMITED_API itself for py_limited_api
     # extensions; defining it again (with another value) only produces redefinition warnings.
     import torch.utils.cpp_extension as _ce

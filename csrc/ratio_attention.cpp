@@ -30,6 +30,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <cstdlib>
+#include <string>
 #include <vector>
 
 extern "C" {
@@ -80,34 +82,37 @@ namespace {
 
 constexpr int64_t BK = 64;  // key tile (columns of the score tile)
 
-// The per-head kernels are compiled twice on x86-64: for the baseline ISA and for
-// AVX2+FMA, picked at run time (the package stays portable; -march is not used).
+// The per-head kernels are compiled three times on x86-64: baseline ISA, AVX2+FMA and
+// AVX-512, picked at run time (the package stays portable; -march is not used).
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define KUDA_X86_DISPATCH 1
 #endif
 #define KUDA_INLINE inline __attribute__((always_inline))
 
-// exp(x) for x <= 0 (and -inf), written so the compiler vectorises a loop of it
-// (no calls, no branches). Relative error ~2e-7; exactly 0 below -87; x > 0 is taken as 0.
+// exp(x) for x <= 0 (and -inf), written so the compiler vectorises a loop of it (no
+// calls, no branches; needs -fno-trapping-math to if-convert the clamps, which setup.py
+// passes). Relative error ~2e-7; exactly 0 below about -88; x > 0 is taken as 0.
 static KUDA_INLINE float exp_neg(float x) {
-  const bool under = x < -87.0f;
-  x = under ? -87.0f : x;
+  x = x < -100.0f ? -100.0f : x;
   x = x > 0.0f ? 0.0f : x;  // callers pass x <= 0 up to rounding; never overflow
-  const float t = x * 1.44269504088896341f;  // x * log2(e)
-  const float fl = std::floor(t);
-  const float f = t - fl;  // [0, 1)
-  float p = 1.535336188319500e-4f;
+  const float t = x * 1.44269504088896341f;  // x * log2(e), in [-145, 0]
+  // floor(t) without floorf (a library call the compiler would not vectorise)
+  int32_t ti = static_cast<int32_t>(t);  // truncates towards zero
+  ti -= static_cast<int32_t>(static_cast<float>(ti) > t);
+  const float f = t - static_cast<float>(ti);  // [0, 1)
+  float p = 1.535336188319500e-4f;  // 2^f on [0, 1)
   p = p * f + 1.339887440266574e-3f;
   p = p * f + 9.618437357674640e-3f;
   p = p * f + 5.550332471162809e-2f;
   p = p * f + 2.402264791363012e-1f;
   p = p * f + 6.931472028550421e-1f;
   p = p * f + 1.0f;
-  const int32_t e = static_cast<int32_t>(fl) + 127;
+  int32_t e = ti + 127;
+  e = e < 0 ? 0 : e;  // 2^ti below the normal range: scale 0, result exactly 0
   int32_t bits = e << 23;
   float sc;
   std::memcpy(&sc, &bits, sizeof(float));
-  return under ? 0.0f : p * sc;
+  return p * sc;
 }
 
 // Transposes x [L, d] into xt [d, Lp] (Lp = L rounded up to BK), zero padded; 8 x 8
@@ -137,12 +142,12 @@ static KUDA_INLINE void key_masks(const bool* __restrict mask, int64_t Lk, int64
   }
 }
 
-constexpr int64_t MR = 6;   // micro-kernel rows
-constexpr int64_t NR = 16;  // micro-kernel columns (two AVX2 registers)
 
 // C[m, n] += sum_k A(m, k) B(k, n), A(i, k) = a[i * sai + k * sak], B(k, j) = b[k * ldb + j],
 // C(i, j) = c[i * ldc + j]. Register-blocked MR x NR micro-kernel (the n loop is what the
-// compiler vectorises); column remainder done by a plain loop.
+// compiler vectorises: NR = 16 is two AVX2 registers, 32 two AVX-512 ones); column
+// remainders go to the 16-wide kernel, then to a plain loop.
+template <int64_t MR, int64_t NR>
 static KUDA_INLINE void gemm_acc(int64_t m, int64_t n, int64_t K, const float* __restrict a,
                                                             int64_t sai, int64_t sak, const float* __restrict b,
                                                             int64_t ldb, float* __restrict c, int64_t ldc) {
@@ -168,21 +173,27 @@ static KUDA_INLINE void gemm_acc(int64_t m, int64_t n, int64_t K, const float* _
         for (int64_t j = 0; j < NR; ++j) cr[j] += acc[r][j];
       }
     }
-    for (int64_t r = 0; r < mr; ++r) {
-      for (int64_t j = nfull; j < n; ++j) {
-        float acc = 0.f;
-        for (int64_t k = 0; k < K; ++k) acc += ar[r][k * sak] * b[k * ldb + j];
-        c[(i0 + r) * ldc + j] += acc;
+    if constexpr (NR <= 16) {
+      for (int64_t r = 0; r < mr; ++r) {
+        for (int64_t j = nfull; j < n; ++j) {
+          float acc = 0.f;
+          for (int64_t k = 0; k < K; ++k) acc += ar[r][k * sak] * b[k * ldb + j];
+          c[(i0 + r) * ldc + j] += acc;
+        }
       }
     }
   }
+  if constexpr (NR > 16) {
+    if (nfull < n) gemm_acc<MR, 16>(m, n - nfull, K, a, sai, sak, b + nfull, ldb, c + nfull, ldc);
+  }
 }
 
-constexpr int64_t BR = 24;   // query rows per block (forward)
-constexpr int64_t BRB = 36;  // query rows per block (backward)
+constexpr int64_t BR = 24;   // query rows per block (forward; a multiple of every MR)
+constexpr int64_t BRB = 48;  // query rows per block (backward; a multiple of every MR)
 
 // Forward for one (b, m, h): o [Lq, d] receives the unweighted output, lse [Lq].
 // kt: scratch [d, Lp]; s: scratch [BR, BK]; m/l: scratch [BR].
+template <int64_t MR, int64_t NR>
 static KUDA_INLINE void fwd_head_impl(const float* __restrict q, const float* __restrict k, const float* __restrict v,
               const bool* __restrict mask, int64_t Lq, int64_t Lk, int64_t d, float scale,
               float* __restrict o, float* __restrict lse, float* __restrict kt, float* __restrict s) {
@@ -205,7 +216,7 @@ static KUDA_INLINE void fwd_head_impl(const float* __restrict q, const float* __
       const int64_t n = std::min(BK, Lk - j0);
       const int64_t nw = (n + NR - 1) / NR * NR;  // columns computed (kt is zero padded)
       for (int64_t i = 0; i < nr * BK; ++i) s[i] = 0.f;
-      gemm_acc(nr, nw, d, q + i0 * d, d, 1, kt + j0, Lp, s, BK);
+      gemm_acc<MR, NR>(nr, nw, d, q + i0 * d, d, 1, kt + j0, Lp, s, BK);
       for (int64_t r = 0; r < nr; ++r) {
         float* __restrict sr = s + r * BK;
         for (int64_t j = 0; j < BK; ++j) sr[j] = sr[j] * scale + bias[j0 + j];
@@ -224,13 +235,14 @@ static KUDA_INLINE void fwd_head_impl(const float* __restrict q, const float* __
           for (int64_t c = 0; c < d; ++c) orow[c] *= alpha;
         }
         mrow[r] = mnew;
+#pragma omp simd
         for (int64_t j = 0; j < BK; ++j) sr[j] = exp_neg(sr[j] - mnew);
         float lsum = 0.f;
 #pragma omp simd reduction(+ : lsum)
         for (int64_t j = 0; j < BK; ++j) lsum += sr[j];
         lrow[r] += lsum;
       }
-      gemm_acc(nr, d, n, s, BK, 1, v + j0 * d, d, ob, d);
+      gemm_acc<MR, NR>(nr, d, n, s, BK, 1, v + j0 * d, d, ob, d);
     }
     for (int64_t r = 0; r < nr; ++r) {
       float* __restrict orow = ob + r * d;
@@ -249,6 +261,7 @@ static KUDA_INLINE void fwd_head_impl(const float* __restrict q, const float* __
 // Backward for one (b, m, h). do_ = weight * grad_out (fp32), dvec = rowsum(do_ * o_unw).
 // Accumulates into dq, dk, dv (zeroed by the caller; dq/dk still need the factor `scale`,
 // applied by the caller). kt, vt: scratch [d, Lp]; s, dp: scratch [BR, BK].
+template <int64_t MR, int64_t NR>
 static KUDA_INLINE void bwd_head_impl(const float* __restrict q, const float* __restrict k, const float* __restrict v,
               const float* __restrict do_, const float* __restrict dvec, const float* __restrict lse,
               const bool* __restrict mask, int64_t Lq, int64_t Lk, int64_t d, float scale,
@@ -268,21 +281,22 @@ static KUDA_INLINE void bwd_head_impl(const float* __restrict q, const float* __
         s[i] = 0.f;
         dp[i] = 0.f;
       }
-      gemm_acc(nr, nw, d, q + i0 * d, d, 1, kt + j0, Lp, s, BK);
-      gemm_acc(nr, nw, d, do_ + i0 * d, d, 1, vt + j0, Lp, dp, BK);
+      gemm_acc<MR, NR>(nr, nw, d, q + i0 * d, d, 1, kt + j0, Lp, s, BK);
+      gemm_acc<MR, NR>(nr, nw, d, do_ + i0 * d, d, 1, vt + j0, Lp, dp, BK);
       for (int64_t r = 0; r < nr; ++r) {
         float* __restrict sr = s + r * BK;
         float* __restrict dpr = dp + r * BK;
         const float li = lse[i0 + r];  // +inf for a fully masked row: P = 0
         const float Di = dvec[i0 + r];
         // s - lse <= 0 up to rounding (exp_neg clamps at 0); masked/padded keys get keep = 0.
+#pragma omp simd
         for (int64_t j = 0; j < BK; ++j) sr[j] = keep[j0 + j] * exp_neg(sr[j] * scale - li);
         for (int64_t j = 0; j < BK; ++j) dpr[j] = sr[j] * (dpr[j] - Di);  // dS
       }
       // dV[tile] += P^T dO ; dK[tile] += dS^T Q ; dQ[rows] += dS K[tile]
-      gemm_acc(n, d, nr, s, 1, BK, do_ + i0 * d, d, dv + j0 * d, d);
-      gemm_acc(n, d, nr, dp, 1, BK, q + i0 * d, d, dk + j0 * d, d);
-      gemm_acc(nr, d, n, dp, BK, 1, k + j0 * d, d, dq + i0 * d, d);
+      gemm_acc<MR, NR>(n, d, nr, s, 1, BK, do_ + i0 * d, d, dv + j0 * d, d);
+      gemm_acc<MR, NR>(n, d, nr, dp, 1, BK, q + i0 * d, d, dk + j0 * d, d);
+      gemm_acc<MR, NR>(nr, d, n, dp, BK, 1, k + j0 * d, d, dq + i0 * d, d);
     }
   }
 }
@@ -299,25 +313,47 @@ static KUDA_INLINE void bwd_head_impl(const float* __restrict q, const float* __
       float *__restrict kt, float *__restrict vt, float *__restrict s, float *__restrict dp
 #define BWD_PASS q, k, v, do_, dvec, lse, mask, Lq, Lk, d, scale, dq, dk, dv, kt, vt, s, dp
 
-void fwd_head_base(FWD_ARGS) { fwd_head_impl(FWD_PASS); }
-void bwd_head_base(BWD_ARGS) { bwd_head_impl(BWD_PASS); }
+void fwd_head_base(FWD_ARGS) { fwd_head_impl<4, 16>(FWD_PASS); }
+void bwd_head_base(BWD_ARGS) { bwd_head_impl<4, 16>(BWD_PASS); }
 #ifdef KUDA_X86_DISPATCH
-__attribute__((target("avx2,fma"))) void fwd_head_avx2(FWD_ARGS) { fwd_head_impl(FWD_PASS); }
-__attribute__((target("avx2,fma"))) void bwd_head_avx2(BWD_ARGS) { bwd_head_impl(BWD_PASS); }
-bool cpu_has_avx2() {
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return ok;
+__attribute__((target("avx2,fma"))) void fwd_head_avx2(FWD_ARGS) { fwd_head_impl<6, 16>(FWD_PASS); }
+__attribute__((target("avx2,fma"))) void bwd_head_avx2(BWD_ARGS) { bwd_head_impl<6, 16>(BWD_PASS); }
+#define KUDA_AVX512 "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,prefer-vector-width=512"
+__attribute__((target(KUDA_AVX512))) void fwd_head_avx512(FWD_ARGS) { fwd_head_impl<8, 32>(FWD_PASS); }
+__attribute__((target(KUDA_AVX512))) void bwd_head_avx512(BWD_ARGS) { bwd_head_impl<8, 32>(BWD_PASS); }
+// 0 = baseline, 1 = AVX2+FMA, 2 = AVX-512 (KUDA_MMSA_CPU_ISA=base|avx2 caps it, for testing).
+int cpu_isa() {
+  static const int isa = [] {
+    int best = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = 1;
+    if (best == 1 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw"))
+      best = 2;
+    const char* cap = std::getenv("KUDA_MMSA_CPU_ISA");
+    if (cap && std::string(cap) == "base") best = 0;
+    if (cap && std::string(cap) == "avx2" && best > 1) best = 1;
+    return best;
+  }();
+  return isa;
 }
 #endif
 void fwd_head(FWD_ARGS) {
 #ifdef KUDA_X86_DISPATCH
-  if (cpu_has_avx2()) return fwd_head_avx2(FWD_PASS);
+  switch (cpu_isa()) {
+    case 2: return fwd_head_avx512(FWD_PASS);
+    case 1: return fwd_head_avx2(FWD_PASS);
+    default: break;
+  }
 #endif
   fwd_head_base(FWD_PASS);
 }
 void bwd_head(BWD_ARGS) {
 #ifdef KUDA_X86_DISPATCH
-  if (cpu_has_avx2()) return bwd_head_avx2(BWD_PASS);
+  switch (cpu_isa()) {
+    case 2: return bwd_head_avx512(BWD_PASS);
+    case 1: return bwd_head_avx2(BWD_PASS);
+    default: break;
+  }
 #endif
   bwd_head_base(BWD_PASS);
 }

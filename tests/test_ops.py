@@ -162,6 +162,26 @@ def test_cpu_masked_keys_far_above_valid():
 
 
 @needs_cpu_op
+@pytest.mark.parametrize("isa", ["base", "avx2"])
+def test_cpu_lower_isa_paths(isa):
+    """The CPU kernel is compiled per ISA (baseline, AVX2, AVX-512) and picked at run time;
+    KUDA_MMSA_CPU_ISA caps the choice so the paths this machine would not pick are checked."""
+    r = _run_py(
+        """
+        import sys; sys.path.insert(0, "tests")
+        import torch
+        from test_ops import check_against_reference
+        for case in [(2, 3, 2, 7, 9, 16, True), (1, 2, 3, 70, 130, 64, True), (2, 1, 1, 33, 65, 40, False)]:
+            check_against_reference(*case[:6], torch.float32, "cpu", case[6])
+        check_against_reference(1, 2, 2, 20, 50, 32, torch.bfloat16, "cpu", True)
+        print("OK")
+        """,
+        KUDA_MMSA_CPU_ISA=isa,
+    )
+    assert r.returncode == 0 and "OK" in r.stdout, r.stdout + r.stderr[-3000:]
+
+
+@needs_cpu_op
 def test_public_wrapper_uses_kernel_and_handles_noncontiguous():
     assert ops.backend()["cpu"] in ("compiled", "jit")
     q, k, v, w, mask = make_inputs(2, 3, 4, 20, 30, 32, torch.float32, "cpu", True)

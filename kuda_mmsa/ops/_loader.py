@@ -73,7 +73,7 @@ def _jit_build() -> None:
     cpp_extension.load(
         name="kuda_mmsa_jit",
         sources=sources,
-        extra_cflags=["-O3", "-fopenmp"] + (["-DKUDA_WITH_CUDA"] if with_cuda else []),
+        extra_cflags=["-O3", "-fopenmp", "-fno-trapping-math", "-fno-math-errno"] + (["-DKUDA_WITH_CUDA"] if with_cuda else []),
         extra_ldflags=["-fopenmp"],
         extra_cuda_cflags=["-O3", "--use_fast_math", "-DKUDA_WITH_CUDA"],
         build_directory=str(cache),
