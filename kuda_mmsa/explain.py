@@ -113,10 +113,16 @@ def dominant_of(annotation: str) -> Optional[int]:
     return None
 
 
+def on_dominant(row, d: int) -> bool:
+    """True when the ratio of modality d is strictly the largest (a tie, e.g. the uniform
+    ratio of static fusion, picks nothing)."""
+    r = [float(row["R_T"]), float(row["R_V"]), float(row["R_A"])]
+    return all(r[d] > r[m] + 1e-9 for m in range(3) if m != d)
+
+
 def dominant_fraction(rows) -> Optional[float]:
     """Fraction of annotated samples whose largest ratio is on the dominant modality."""
-    hits = [int(np.argmax([r["R_T"], r["R_V"], r["R_A"]])) == d
-            for r in rows for d in [dominant_of(r.get("annotation"))] if d is not None]
+    hits = [on_dominant(r, d) for r in rows for d in [dominant_of(r.get("annotation"))] if d is not None]
     return float(np.mean(hits)) if hits else None
 
 
@@ -141,10 +147,9 @@ def choose_samples(rows, ids: Optional[List[str]] = None, per_group: int = 1) ->
         chosen = []
         for name, d in NAME_TO_INDEX.items():
             group = [r for r in annotated if dominant_of(r["annotation"]) == d]
-            hit = [r for r in group if int(np.argmax([r["R_T"], r["R_V"], r["R_A"]])) == d]
+            hit = [r for r in group if on_dominant(r, d)]
             chosen += sorted(hit, key=lambda r: r["abs_error"])[:per_group]
-        miss = [r for r in annotated
-                if int(np.argmax([r["R_T"], r["R_V"], r["R_A"]])) != dominant_of(r["annotation"])]
+        miss = [r for r in annotated if not on_dominant(r, dominant_of(r["annotation"]))]
         return chosen + sorted(miss, key=lambda r: -r["abs_error"])[:max(6 - len(chosen), 0)]
     ranked = sorted(rows, key=lambda r: r["abs_error"])
     return ranked[:3] + ranked[-3:]

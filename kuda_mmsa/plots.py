@@ -43,10 +43,11 @@ def available() -> bool:
     return _pyplot() is not None
 
 
-def _save(fig, plt, path) -> Path:
+def _save(fig, plt, path, layout=True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -65,7 +66,7 @@ def save_training_curves(history: List[dict], path, key_eval: Optional[str] = No
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot(epochs, [h["train_loss"] for h in history], "o-", color="#1f77b4", label="train loss")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss (MSE + α·CE)")
+    ax.set_ylabel("train loss (MSE + α·CE [+ aux])")
     handles = ax.get_lines()
     if key is not None:
         ax2 = ax.twinx()
@@ -151,34 +152,36 @@ def sample_panels(rows: List[Dict], path) -> Optional[Path]:
     nrows = (n + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.4 * cols, 3.6 * nrows), squeeze=False)
     x = np.arange(3)
+    handles = None
     for ax, row in zip(axes.flat, rows):
         scores = [float(row[m]) for m in "TVA"]
         ratios = [float(row[f"R_{m}"]) for m in "TVA"]
-        ax.bar(x - 0.2, scores, 0.4, color=MODALITY_COLORS, alpha=0.9, label="unimodal score")
-        ax.axhline(float(row["label"]), color="black", linestyle="--",
-                   label=f"label {float(row['label']):+.2f}")
-        ax.axhline(float(row["prediction"]), color="purple", linestyle=":",
-                   label=f"KuDA prediction {float(row['prediction']):+.2f}")
+        b1 = ax.bar(x - 0.2, scores, 0.4, color=MODALITY_COLORS, alpha=0.9)
+        l1 = ax.axhline(float(row["label"]), color="black", linestyle="--")
+        l2 = ax.axhline(float(row["prediction"]), color="purple", linestyle=":")
         ax.axhline(0.0, color="gray", linewidth=0.5)
         ax.set_ylim(-1.15, 1.15)
-        ax.set_ylabel("sentiment score")
+        ax.set_ylabel("sentiment score (solid)")
         ax2 = ax.twinx()
-        ax2.bar(x + 0.2, ratios, 0.4, color=MODALITY_COLORS, alpha=0.35, hatch="//",
-                edgecolor="black", label="ratio R_m")
+        b2 = ax2.bar(x + 0.2, ratios, 0.4, color=MODALITY_COLORS, alpha=0.35, hatch="//",
+                     edgecolor="black")
         for xi, rv in zip(x, ratios):
             ax2.text(xi + 0.2, rv + 0.02, f"{rv:.2f}", ha="center", fontsize=7)
         ax2.set_ylim(0, 1.15)
-        ax2.set_ylabel("ratio R_m")
+        ax2.set_ylabel("ratio R_m (hatched)")
         ax.set_xticks(x)
         ax.set_xticklabels(["text", "vision", "audio"])
-        title = str(row["id"])
+        title = f"{row['id']}"
         if row.get("annotation"):
-            title += f"\n{row['annotation']}"
+            title += f"  [{row['annotation']}]"
+        title += f"\nlabel {float(row['label']):+.2f}, prediction {float(row['prediction']):+.2f}"
         ax.set_title(title, fontsize=9)
-        h1, l1 = ax.get_legend_handles_labels()
-        h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, fontsize=6, loc="lower left")
+        handles = [(b1[0], "unimodal score ŝ_m (left axis)"), (b2[0], "ratio R_m (right axis)"),
+                   (l1, "label y"), (l2, "KuDA prediction")]
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    fig.legend([h for h, _ in handles], [t for _, t in handles], loc="lower center", ncol=4,
+               fontsize=8, bbox_to_anchor=(0.5, 0.0))
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     fig.suptitle("Unimodal scores (solid) and sentiment ratios (hatched) per sample", fontsize=10)
-    return _save(fig, plt, path)
+    return _save(fig, plt, path, layout=False)

@@ -110,8 +110,9 @@ def test_dominant_fraction_against_hand_counts():
     rows = [dict(R_T=.6, R_V=.2, R_A=.2, annotation="dominant:text"),
             dict(R_T=.2, R_V=.3, R_A=.5, annotation="dominant:vision"),
             dict(R_T=.1, R_V=.1, R_A=.8, annotation="dominant:audio"),
-            dict(R_T=.1, R_V=.1, R_A=.8, annotation="")]
-    assert dominant_fraction(rows) == pytest.approx(2 / 3)
+            dict(R_T=.1, R_V=.1, R_A=.8, annotation=""),
+            dict(R_T=1 / 3, R_V=1 / 3, R_A=1 / 3, annotation="dominant:text")]   # a tie picks nothing
+    assert dominant_fraction(rows) == pytest.approx(2 / 4)
 
 
 def test_plots_are_skipped_with_a_notice_without_matplotlib(monkeypatch, tmp_path, caplog):
