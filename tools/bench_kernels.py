@@ -10,7 +10,10 @@ CPU), on every device present, all in the same run, and prints one table per dev
 ratios (>1 = the kernel is faster). The masks leave every row at least one key, so SDPA
 is defined everywhere.
 
-    python tools/bench_kernels.py [--device cpu|cuda|all] [--reps N]
+    python tools/bench_kernels.py [--device cpu|cuda|all] [--reps N] [--threads N]
+
+On a shared, oversubscribed CPU, multi-threaded timings swing by several x (a thread
+descheduled mid-op stalls the others); --threads 1 gives steadier CPU comparisons.
 """
 import argparse
 import math
@@ -131,7 +134,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions per round (default: 20 cuda, 5 cpu)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     devices = ["cpu", "cuda"] if a.device == "all" else [a.device]
     for dev in devices:
         if dev == "cuda" and not torch.cuda.is_available():
