@@ -220,3 +220,22 @@ def test_python_m_kuda_mmsa_runs_the_demo_job_end_to_end(tiny_demo_pickle, tiny_
     assert any(k.startswith("Model.blocks.") for k in state)
     assert all(v.device.type == "cpu" for v in state.values())
     assert (tmp_path / "knowledge" / "demo").is_dir()
+
+
+def test_tune_mode_runs_kuda_and_writes_mmsa_tune_csv(tiny_demo_pickle, tiny_config_file, tmp_path, monkeypatch):
+    from kuda_mmsa.mmsa import register
+    from kuda_mmsa.mmsa.config import reset_settings
+
+    monkeypatch.setenv("KUDA_MMSA_KNOWLEDGE_DIR", str(tmp_path / "knowledge"))
+    reset_settings()
+    register()
+    import MMSA
+
+    MMSA.MMSA_run("kuda", "demo", config_file=str(tiny_config_file), seeds=[1111], is_tune=True, tune_times=1,
+                  custom_feature=str(tiny_demo_pickle), gpu_ids=[], num_workers=0,
+                  model_save_dir=str(tmp_path / "m"), res_save_dir=str(tmp_path / "r"), log_dir=str(tmp_path / "l"))
+    with open(tmp_path / "r" / "tune" / "demo-kuda.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1
+    assert {"learning_rate", "ratio_k", "MAE", "Corr"} <= set(rows[0])
+    assert not (tmp_path / "m" / "kuda-demo.pth").exists()  # MMSA deletes tune-mode weights
