@@ -96,9 +96,9 @@ def ratio_distribution(ratios: Sequence[Sequence[float]], path) -> Optional[Path
 
     r = np.asarray(ratios, dtype=float).reshape(-1, 3)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    bins = np.linspace(0.0, 1.0, 41)
+    bins = np.linspace(0.0, 1.0, 21)
     for i, (name, color) in enumerate(zip(MODALITY_NAMES, MODALITY_COLORS)):
-        ax.hist(r[:, i], bins=bins, alpha=0.5, color=color,
+        ax.hist(r[:, i], bins=bins, histtype="step", linewidth=2, color=color,
                 label=f"R_{name[0].upper()} ({name}), mean {r[:, i].mean():.2f}")
     ax.axvline(1 / 3, color="gray", linestyle=":", label="uniform (1/3)")
     ax.set_xlabel("sentiment ratio R_m")
