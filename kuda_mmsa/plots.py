@@ -135,7 +135,8 @@ def ratio_by_group(ratios, groups: Sequence[str], path, group_order: Optional[Se
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mean ratio R_m (± std)")
     ax.set_title(title or "Sentiment ratios by group")
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_ylim(0, 1.1)
+    ax.legend(fontsize=8, ncol=4, loc="upper center")
     return _save(fig, plt, path)
 
 
