@@ -54,6 +54,8 @@ def test_ablation_runs_variants_writes_csv_table_and_resumes(tiny_demo_pickle, t
         for m in METRICS:  # the same numbers MMSA itself wrote for that run
             assert round(float(r[m]) * 100, 2) == pytest.approx(_mmsa_csv_mean(run_dir, m), abs=0.011)
         assert 0.0 <= float(r["DomFrac"]) <= 1.0
+        assert not list(run_dir.glob("*curves.png"))   # plots=False reached the trainer
+    assert float(rows[1]["DomFrac"]) == 0.0           # static fusion: uniform ratio picks nothing
     # The variant's config reached the model: static fusion has no ratio-dependent weights,
     # so its args say use_ratio false; the log of MMSA records the args.
     assert "'use_ratio': False" in (out / "runs" / "kuda_static" / "seed7" / "kuda-demo.log").read_text()
