@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .checkpoints import MODALITY_NAMES, atomic_save, cpu_state_dict, knowledge_paths, read_checkpoint, save_knowledge
 from .errors import KudaCheckpointError
 from .model import KuDAConfig, build_branch
+from .optim import make_adamw
 
 logger = logging.getLogger("MMSA")
 
@@ -85,8 +86,8 @@ def train_branch(args: Mapping[str, Any], modality: str, loaders: Mapping[str, A
     cfg = KuDAConfig.from_dict(args)
     stage = dict(args.get("pretrain", {}))
     branch = build_branch(cfg, modality).to(device)
-    opt = torch.optim.AdamW(branch.parameters(), lr=float(stage.get("learning_rate", 1e-4)),
-                            weight_decay=float(stage.get("weight_decay", 1e-3)))
+    opt = make_adamw(branch.parameters(), lr=float(stage.get("learning_rate", 1e-4)),
+                     weight_decay=float(stage.get("weight_decay", 1e-3)))
     early_stop = int(stage.get("early_stop", epochs))
     partial = out_path.with_name(out_path.name + ".partial")
     start, best, best_epoch, best_state = 0, float("inf"), 0, None

@@ -180,3 +180,30 @@ def test_estimate_ratio_source_is_label_free_and_trains_its_estimator():
     torch.testing.assert_close(train_out["ratio"], eval_out["ratio"])
     scores = torch.cat([eval_out[m] for m in "TVA"], -1)
     torch.testing.assert_close(eval_out["ratio"], sentiment_ratio(scores, eval_out["estimate"], 5.0))
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    inputs, labels = make_batch()
+    plain = make_model().train()
+    ckpt = make_model(gradient_checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    grads = []
+    for model in (plain, ckpt):
+        out = model(**inputs, labels=labels)
+        (out["M"].pow(2).mean() + out["ce"]).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+
+def test_dynamic_mode_skips_batch_wide_padding_without_changing_results():
+    model = make_model().eval()
+    inputs, _ = make_batch()
+    inputs["audio_lengths"] = torch.tensor([5, 3, 7, 2])  # the last 13 audio steps are padding for all
+    inputs["audio"][:, 7:] = 0
+    trimmed = model(**inputs)
+    model.branches["A"].trim_padding = False
+    full = model(**inputs)
+    for k in ("M", "A", "ratio"):
+        torch.testing.assert_close(trimmed[k], full[k], atol=1e-5, rtol=1e-5)

@@ -6,7 +6,6 @@ clipping; selects the epoch on the validation set by MMSA's KeyEval and stops ea
 every epoch the full training state is written atomically, so an interrupted run resumes.
 """
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -14,21 +13,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_save, cpu_state_dict, load_knowledge_into, read_checkpoint
+from ..optim import make_adamw, warmup_cosine
 from ..pretrain import ensure_knowledge, pretrain_command
 
 logger = logging.getLogger("MMSA")
-
-
-def warmup_cosine(total_steps: int, warmup_ratio: float):
-    warmup = max(int(total_steps * warmup_ratio), 1)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(total_steps - warmup, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
 
 
 def _inputs(batch, device):
@@ -77,7 +65,7 @@ class KuDATrainer:
         self.load_knowledge(model)
         model.to(device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=float(args["learning_rate"]), weight_decay=float(args["weight_decay"]))
+        optimizer = make_adamw(params, lr=float(args["learning_rate"]), weight_decay=float(args["weight_decay"]))
         max_epochs = int(args.get("epochs", 50))
         total_steps = max_epochs * max(len(dataloader["train"]), 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, float(args.get("warmup_ratio", 0.1))))

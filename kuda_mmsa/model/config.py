@@ -45,6 +45,8 @@ class KuDAConfig:
     adapter_dropout: float = 0.1
     decoder_dropout: float = 0.1
     head_sizes: List[int] = field(default_factory=lambda: [64, 32])
+    # memory: recompute encoder/adapter activations in backward (same results)
+    gradient_checkpointing: bool = False
 
     @classmethod
     def from_dict(cls, args: Mapping[str, Any]) -> "KuDAConfig":

@@ -105,6 +105,7 @@ class SequenceBranch(nn.Module):
         )
         self.decoder = UnimodalDecoder(2 * d, config.decoder_dropout)
         self.out_width = 2 * d
+        self.trim_padding = True
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor], masked: bool = True):
         b, l, f = x.shape
@@ -117,7 +118,13 @@ class SequenceBranch(nn.Module):
             )
         pad = None
         if lengths is not None:
-            pad = padding_mask(lengths.to(x.device), l)
+            lengths = lengths.to(x.device)
+            if masked and self.trim_padding:
+                # Steps past the longest sample of the batch are padding for every sample and,
+                # masked everywhere, change nothing: skip them (long audio, short clips).
+                keep = int(lengths.max().clamp(min=1, max=l))
+                x, l = x[:, :keep], keep
+            pad = padding_mask(lengths, l)
         states = self.encoder(self.proj(x) + self.pos[:, :l], pad, return_all=True)
         specific = self.norm(states[-1])
         domain = self.adapters(states[0], states[1:-1], pad)

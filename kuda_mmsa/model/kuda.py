@@ -48,6 +48,23 @@ class KuDA(nn.Module):
         self.blocks = nn.ModuleList(DAFBlock(config, len(MODALITIES)) for _ in range(config.fusion_layers))
         self.head = OutputHead(config.hidden_size, config.head_sizes)
         self.ratio_estimator = RatioEstimator(len(MODALITIES)) if config.ratio_source == "estimate" else None
+        if config.gradient_checkpointing:
+            self.enable_gradient_checkpointing()
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the encoders' and adapters' activations in backward (less memory)."""
+        from .layers import TransformerStack
+
+        for module in self.modules():
+            if isinstance(module, TransformerStack):
+                module.gradient_checkpointing = True
+        bert = self.branches["T"].bert
+        if getattr(bert, "supports_gradient_checkpointing", False):
+            kwargs = {"use_reentrant": False}
+            if hasattr(bert, "activation_checkpointing_enable"):  # transformers >= 5 name
+                bert.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     @property
     def dynamic(self) -> bool:

@@ -6,6 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -73,15 +74,22 @@ class TransformerLayer(nn.Module):
 
 
 class TransformerStack(nn.Module):
-    """Layers iterated by hand so that every intermediate state is available."""
+    """Layers iterated by hand so that every intermediate state is available.
+
+    With `gradient_checkpointing` set, each layer's activations are recomputed in backward
+    instead of kept (long audio sequences: less memory for some extra compute)."""
 
     def __init__(self, layers: int, width: int, heads: int, ff_size: int, dropout: float):
         super().__init__()
         self.layers = nn.ModuleList(TransformerLayer(width, heads, ff_size, dropout) for _ in range(layers))
+        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor] = None, return_all: bool = False):
         states = [x]
         for layer in self.layers:
-            x = layer(x, pad)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, pad, use_reentrant=False)
+            else:
+                x = layer(x, pad)
             states.append(x)
         return states if return_all else x
