@@ -119,7 +119,10 @@ def main() -> None:
             def cap():
                 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-            proc = subprocess.run(cmd, capture_output=True, text=True,
+            # The child must import kuda_mmsa from this checkout even when it is not installed.
+            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                                   preexec_fn=cap if opts.device == "cpu" else None)
             line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else ""
             if line.startswith("{"):
@@ -129,8 +132,9 @@ def main() -> None:
                 rows.append({"variant": v, "batch": b, "device": opts.device, "step_s": None,
                              "peak_rss_gib": None, "error": err[:120]})
             r = rows[-1]
+            gpu = f", peak GPU {r['peak_gpu_gib']:.2f} GiB" if r.get("peak_gpu_gib") is not None else ""
             print(f"  measured {v:8s} batch {b:3d}: "
-                  + (f"{r['step_s']:.2f} s/step, peak RSS {r['peak_rss_gib']:.2f} GiB" if r["step_s"] else r["error"]),
+                  + (f"{r['step_s']:.2f} s/step, peak RSS {r['peak_rss_gib']:.2f} GiB{gpu}" if r["step_s"] else r["error"]),
                   flush=True)
     print()
     fmt = lambda x: f"{x:.2f}" if isinstance(x, (int, float)) else "—"
