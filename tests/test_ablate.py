@@ -7,23 +7,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
+from tiny_kuda import write_tiny_config  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = dict(
-    hidden_size=16, fusion_heads=2, fusion_head_dim=8, fusion_ff_size=32, fusion_layers=2,
-    av_hidden_size=8, av_heads=2, av_ff_size=8, av_layers=2, adapter_heads=2,
-    batch_size=8, epochs=1, early_stop=5, learning_rate=1e-3,
-    pretrain={"epochs": {"T": 1, "V": 1, "A": 1}, "batch_size": 8, "early_stop": 5},
-)
 METRICS = ("Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "F1_score", "MAE", "Corr")
 
 
 @pytest.fixture
 def tiny_cfg(tmp_path):
-    p = tmp_path / "tiny.yaml"
-    p.write_text(yaml.safe_dump(TINY_MODEL))
-    return p
+    return write_tiny_config(tmp_path / "tiny.yaml", epochs=1)
 
 
 def _mmsa_csv_mean(run_dir: Path, metric: str) -> float:

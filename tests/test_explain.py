@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from tiny_kuda import write_tiny_config  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_MODEL = dict(
-    hidden_size=16, fusion_heads=2, fusion_head_dim=8, fusion_ff_size=32, fusion_layers=2,
-    av_hidden_size=8, av_heads=2, av_ff_size=8, av_layers=2, adapter_heads=2,
-    batch_size=8, epochs=2, early_stop=5, learning_rate=1e-3,
-    pretrain={"epochs": {"T": 1, "V": 1, "A": 1}, "batch_size": 8, "early_stop": 5},
-)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +22,7 @@ def trained(tiny_demo_pickle, tmp_path_factory):
     from kuda_mmsa.mmsa.register import register
 
     d = tmp_path_factory.mktemp("explain_run")
-    cfg = d / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY_MODEL))
+    cfg = write_tiny_config(d / "tiny.yaml")
     configure(knowledge_dir=str(d / "knowledge"))
     register()
     import MMSA.run

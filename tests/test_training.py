@@ -7,25 +7,17 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from tiny_kuda import write_tiny_config  # tests/ is on sys.path
 
 from kuda_mmsa.errors import KudaCheckpointError
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY_MODEL = dict(
-    hidden_size=16, fusion_heads=2, fusion_head_dim=8, fusion_ff_size=32, fusion_layers=2,
-    av_hidden_size=8, av_heads=2, av_ff_size=8, av_layers=2, adapter_heads=2,
-    batch_size=8, epochs=2, early_stop=5, learning_rate=1e-3,
-    pretrain={"epochs": {"T": 1, "V": 1, "A": 1}, "batch_size": 8, "early_stop": 5},
-)
 
 
 @pytest.fixture
 def tiny_config_file(tmp_path):
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(TINY_MODEL))
-    return path
+    return write_tiny_config(tmp_path / "tiny.yaml")
 
 
 @pytest.fixture
@@ -239,3 +231,18 @@ def test_tune_mode_runs_kuda_and_writes_mmsa_tune_csv(tiny_demo_pickle, tiny_con
     assert len(rows) == 1
     assert {"learning_rate", "ratio_k", "MAE", "Corr"} <= set(rows[0])
     assert not (tmp_path / "m" / "kuda-demo.pth").exists()  # MMSA deletes tune-mode weights
+
+
+def test_bf16_precision_trains_and_bad_precision_is_a_clear_error(kuda_args):
+    from kuda_mmsa.errors import KudaInputError
+    from kuda_mmsa.mmsa.trainer import KuDATrainer
+
+    args, loaders = kuda_args
+    args.use_knowledge = False
+    args.epochs = 1
+    args.precision = "bf16"
+    res = _train(args, loaders)
+    assert all(torch.isfinite(torch.tensor(float(v))) for k, v in res.items())
+    args.precision = "fp8"
+    with pytest.raises(KudaInputError, match="precision"):
+        KuDATrainer(args).do_train(_model(args), loaders())

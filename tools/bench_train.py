@@ -38,7 +38,7 @@ def one_run(opts) -> dict:
     L_T, (L_V, D_V), (L_A, D_A) = opts.text_len, opts.vision, opts.audio
     bert = BertConfig(vocab_size=21128)  # bert-base-chinese sizes
     cfg = KuDAConfig(feature_dims=[768, D_A, D_V], seq_lens=[L_T, L_A, L_V], pretrained=bert,
-                     gradient_checkpointing=opts.variant == "ours-ckpt")
+                     gradient_checkpointing="ckpt" in opts.variant)
     model = KuDA(cfg).to(device)
     model.freeze_knowledge()  # stage 2
     params = [p for p in model.parameters() if p.requires_grad]
@@ -58,9 +58,14 @@ def one_run(opts) -> dict:
     al = torch.randint(L_A // 2, L_A + 1, (b,), generator=g).to(device)
     labels = (torch.rand(b, 1, generator=g) * 2 - 1).to(device)
 
+    from kuda_mmsa.optim import autocast  # what the trainer uses for `precision`
+
+    precision = "bf16" if "bf16" in opts.variant else "fp32"
+
     def step():
-        out = model(text, audio, vision, al, vl, labels=labels)
-        loss = torch.nn.functional.mse_loss(out["M"], labels) + 0.1 * out["ce"]
+        with autocast(device, precision):
+            out = model(text, audio, vision, al, vl, labels=labels)
+        loss = torch.nn.functional.mse_loss(out["M"].float(), labels) + 0.1 * out["ce"].float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -92,8 +97,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-b", "--batch-size", type=int, action="append", help="repeatable; default 8 16 32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--variants", nargs="+", default=["ours", "baseline"], choices=["ours", "ours-ckpt", "baseline"],
-                   help="ours = the trainer's setup; ours-ckpt = with gradient_checkpointing; baseline = "
+    p.add_argument("--variants", nargs="+", default=["ours", "baseline"], choices=["ours", "ours-ckpt", "ours-bf16", "ours-bf16-ckpt", "baseline"],
+                   help="ours = the trainer's setup; -ckpt = with gradient_checkpointing; -bf16 = precision bf16; baseline = "
                         "materialised attention + eager reference op + plain AdamW")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)

@@ -13,7 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..checkpoints import atomic_save, cpu_state_dict, load_knowledge_into, read_checkpoint
-from ..optim import make_adamw, warmup_cosine
+from ..optim import autocast, make_adamw, warmup_cosine
 from ..pretrain import ensure_knowledge, pretrain_command
 
 logger = logging.getLogger("MMSA")
@@ -37,6 +37,7 @@ class KuDATrainer:
         self.metrics = MetricsTop("regression").getMetics(args.get("metrics_name") or args["dataset_name"])
         self.criterion = nn.MSELoss()
         self.ce_weight = float(args.get("ce_weight", 0.1))
+        self.precision = args.get("precision", "fp32")
         self.history = []
 
     # ------------------------------------------------------------------ helpers
@@ -100,7 +101,9 @@ class KuDATrainer:
                       disable=not args.get("progress", True)) as bar:
                 for batch in bar:
                     labels = batch["labels"]["M"].to(device).view(-1, 1)
-                    out = model(**_inputs(batch, device), labels=labels)
+                    with autocast(device, self.precision):
+                        out = model(**_inputs(batch, device), labels=labels)
+                    out = {k: v.float() for k, v in out.items()}
                     loss = self.criterion(out["M"], labels) + self.ce_weight * out["ce"]
                     if "aux" in out:  # the label-free ratio estimator's own loss
                         loss = loss + out["aux"]
@@ -169,7 +172,9 @@ class KuDATrainer:
         with torch.no_grad():
             for batch in dataloader:
                 labels = batch["labels"]["M"].to(device).view(-1, 1)
-                out = model(**_inputs(batch, device))
+                with autocast(device, self.precision):
+                    out = model(**_inputs(batch, device))
+                out = {k: v.float() for k, v in out.items()}
                 loss_sum += float(self.criterion(out["M"], labels)) * labels.shape[0]
                 n += labels.shape[0]
                 y_pred.append(out["M"].cpu())
