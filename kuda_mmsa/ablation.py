@@ -20,10 +20,11 @@ import csv
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
+
+from .files import atomic_path
 
 logger = logging.getLogger("MMSA")
 
@@ -91,12 +92,10 @@ def write_rows(rows: List[dict], csv_path) -> Path:
             if k not in cols and k not in EXTRA_COLUMNS:
                 cols.append(k)
     cols += [c for c in EXTRA_COLUMNS if any(c in r for r in rows)]
-    tmp = p.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, restval="")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, p)
     return p
 
 

@@ -7,7 +7,6 @@ never leaves a half-written checkpoint behind, and they load on CPU whatever dev
 """
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
@@ -15,23 +14,16 @@ import torch
 from torch import nn
 
 from .errors import KudaCheckpointError
+from .files import atomic_path, default_knowledge_root
 
 KNOWLEDGE_FORMAT = "kuda_mmsa.knowledge/1"
 MODALITY_NAMES = {"T": "text", "V": "vision", "A": "audio"}
 
 
 def atomic_save(obj: Any, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def cpu_state_dict(module: nn.Module) -> Dict[str, torch.Tensor]:
@@ -47,7 +39,7 @@ def encoder_tag(pretrained: Any) -> str:
 
 
 def knowledge_dir(args: Mapping[str, Any]) -> Path:
-    root = args.get("knowledge_dir") or os.environ.get("KUDA_MMSA_KNOWLEDGE_DIR") or Path.home() / "MMSA" / "knowledge"
+    root = args.get("knowledge_dir") or default_knowledge_root()
     return Path(root).expanduser() / str(args["dataset_name"]) / encoder_tag(args.get("pretrained"))
 
 

@@ -6,9 +6,9 @@ import json
 import os
 import pickle
 import shutil
-import tempfile
 from pathlib import Path
 
+from ..files import atomic_path
 from .demo import DEFAULTS, GENERATOR_VERSION, facts_of, make_demo_splits
 
 
@@ -36,17 +36,10 @@ def _params_tag(params: dict) -> str:
 
 
 def atomic_write_bytes(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(blob)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def ensure_demo_data(cache_dir=None, **params) -> Path:

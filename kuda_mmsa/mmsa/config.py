@@ -59,9 +59,9 @@ def data_root() -> Path:
 
 def knowledge_dir() -> Path:
     """--knowledge-dir, else $KUDA_MMSA_KNOWLEDGE_DIR, else ~/MMSA/knowledge."""
-    d = _settings.get("knowledge_dir") or os.environ.get("KUDA_MMSA_KNOWLEDGE_DIR") or (
-        Path.home() / "MMSA" / "knowledge")
-    return Path(d).expanduser()
+    from ..files import default_knowledge_root
+
+    return Path(_settings["knowledge_dir"]).expanduser() if _settings.get("knowledge_dir") else default_knowledge_root()
 
 
 def resolve_pretrained(name):
