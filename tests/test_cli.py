@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from kuda_mmsa.mmsa.cli import build_parser, main
+from kuda_mmsa.cli.main import main
+from kuda_mmsa.cli.train import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,8 @@ def test_every_stock_flag_with_its_default():
     assert ours_actions["num_workers"].default == min(8, os.cpu_count() or 1)
     assert {"kuda"} <= set(ours_actions["model"].choices)
     assert {"sims2", "simsv2", "demo"} <= set(ours_actions["dataset"].choices)
-    for flag in ("--data-root", "--feature-file", "--knowledge-dir", "--pretrained", "--no-plots"):
+    for flag in ("--data-root", "--feature-file", "--knowledge-dir", "--knowledge-from", "--pretrained",
+                 "--no-plots", "--no-progress"):
         assert flag in ours._option_string_actions
 
 
@@ -114,7 +116,13 @@ def test_stock_self_mm_with_local_tiny_bert_and_tune_mode(tmp_path, tiny_demo_pi
                   "--feature-file", str(tiny_demo_pickle))
     assert rc == 0
     assert "self_mm" in (tmp_path / "r" / "normal" / "demo.csv").read_text()
+    # update_epochs is a Self-MM key: LF-DNN refuses it, naming the file and the key
     rc = _run_cli(tmp_path, "-m", "lf_dnn", "-d", "sims2", "-t", "-tt", "1", "-c", str(cfg),
+                  "--feature-file", str(tiny_demo_pickle))
+    assert rc == 2
+    lf_cfg = tmp_path / "lf.json"
+    lf_cfg.write_text('{"early_stop": 1}')
+    rc = _run_cli(tmp_path, "-m", "lf_dnn", "-d", "sims2", "-t", "-tt", "1", "-c", str(lf_cfg),
                   "--feature-file", str(tiny_demo_pickle))
     assert rc == 0
     df = pd.read_csv(tmp_path / "r" / "tune" / "simsv2-lf_dnn.csv")
@@ -123,8 +131,6 @@ def test_stock_self_mm_with_local_tiny_bert_and_tune_mode(tmp_path, tiny_demo_pi
 
 @pytest.mark.slow
 def test_kuda_on_tiny_demo_end_to_end(tmp_path, tiny_demo_pickle):
-    pytest.importorskip("kuda_mmsa.model")
-    pytest.importorskip("kuda_mmsa.mmsa.trainer")
     cfg = tmp_path / "fast.yaml"
     cfg.write_text("common:\n  epochs: 1\n  batch_size: 16\n  progress: false\n"
                    "  pretrain:\n    epochs: {T: 1, V: 1, A: 1}\n    batch_size: 16\n")

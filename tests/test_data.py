@@ -140,7 +140,7 @@ def test_tiny_bert_deterministic_and_keeps_rng(tmp_path):
 
 # ----------------------------------------------------------------- loader
 def test_loader_batches_like_mmsa(loader_args):
-    from kuda_mmsa.mmsa.data import MMDataLoader
+    from kuda_mmsa.mmsa.loader import MMDataLoader
 
     torch.manual_seed(1)
     loaders = MMDataLoader(loader_args, num_workers=0)
@@ -158,7 +158,7 @@ def test_loader_batches_like_mmsa(loader_args):
 
 
 def test_loader_shuffle_is_deterministic(loader_args):
-    from kuda_mmsa.mmsa.data import MMDataLoader
+    from kuda_mmsa.mmsa.loader import MMDataLoader
 
     def order(seed):
         torch.manual_seed(seed)
@@ -174,37 +174,37 @@ def test_loader_shuffle_is_deterministic(loader_args):
 
 
 def test_load_splits_for_stage1(loader_args):
-    from kuda_mmsa.mmsa.data import load_splits
+    from kuda_mmsa.mmsa.loader import load_features
 
-    ds = load_splits(loader_args, require_unimodal_labels=True)
+    ds = load_features(loader_args, require_unimodal_labels=True).splits
     assert len(ds["train"]) == 30 and ds["test"].annotations[0].startswith("dominant:")
 
 
 def test_need_normalized_averages_time(loader_args):
-    from kuda_mmsa.mmsa.data import load_splits
+    from kuda_mmsa.mmsa.loader import load_features
 
     loader_args["need_normalized"] = True
-    ds = load_splits(loader_args)
+    ds = load_features(loader_args).splits
     assert ds["train"].audio.shape == (30, 1, 5) and loader_args["seq_lens"][1] == 1
 
 
 def test_audio_neg_inf_becomes_zero(loader_args, write_variant):
-    from kuda_mmsa.mmsa.data import load_splits
+    from kuda_mmsa.mmsa.loader import load_features
 
     def mutate(d):
         d["train"]["audio"][0, 0, 0] = -np.inf
     loader_args["custom_feature"] = str(write_variant(mutate))
-    assert load_splits(loader_args)["train"].audio[0, 0, 0] == 0
+    assert load_features(loader_args)["train"].audio[0, 0, 0] == 0
 
 
 # ----------------------------------------------------------------- bad input
 def _err(loader_args, path, **extra):
-    from kuda_mmsa.mmsa.data import load_splits
+    from kuda_mmsa.mmsa.loader import load_features
 
     loader_args["custom_feature"] = str(path)
     loader_args.update(extra)
     with pytest.raises(KudaInputError) as e:
-        load_splits(loader_args)
+        load_features(loader_args)
     return one_paragraph(str(e.value))
 
 
@@ -235,15 +235,15 @@ def test_missing_split_and_key(loader_args, write_variant):
 
 
 def test_missing_unimodal_labels_for_stage1(loader_args, write_variant):
-    from kuda_mmsa.mmsa.data import load_splits
+    from kuda_mmsa.mmsa.loader import load_features
 
     def drop(d):
         for s in d.values():
             s.pop("regression_labels_T")
     loader_args["custom_feature"] = str(write_variant(drop))
-    assert set(load_splits(loader_args)["train"].labels) == {"M"}
+    assert set(load_features(loader_args)["train"].labels) == {"M"}
     with pytest.raises(KudaInputError, match="regression_labels_T"):
-        load_splits(loader_args, require_unimodal_labels=True)
+        load_features(loader_args, require_unimodal_labels=True)
 
 
 def test_wrong_rank(loader_args, write_variant):
@@ -253,16 +253,14 @@ def test_wrong_rank(loader_args, write_variant):
     assert "'vision'" in msg and "2-D" in msg and "[N, L_V, d_V]" in msg
 
 
-def test_feature_dims_fixed_by_config_must_match(loader_args, write_variant):
-    path = write_variant()
-    msg = _err(loader_args, path, feature_dims=[64, 99, 6])
-    assert "feature_dims[1]" in msg and "99" in msg and "5" in msg
-    # not fixed by the user (= the table's default): adopted from the data, as MMSA does
-    from kuda_mmsa.mmsa.data import load_splits
+def test_feature_dims_are_read_from_the_data(loader_args, write_variant):
+    """Shapes come from the file (as MMSA does), whatever the dataset table says."""
+    from kuda_mmsa.mmsa.loader import load_features
 
-    loader_args.update(feature_dims=[64, 33, 709], _facts_feature_dims=[64, 33, 709])
-    load_splits(loader_args)
-    assert loader_args["feature_dims"] == [64, 5, 6]
+    loader_args["custom_feature"] = str(write_variant())
+    loader_args.update(feature_dims=[64, 33, 709], seq_lens=[39, 400, 55])
+    load_features(loader_args)
+    assert loader_args["feature_dims"] == [64, 5, 6] and loader_args["seq_lens"] == [12, 10, 8]
 
 
 def test_lengths_longer_than_sequence(loader_args, write_variant):
@@ -311,186 +309,3 @@ def test_dataset_table_and_aliases():
     one_paragraph(str(e.value))
 
 
-@pytest.fixture
-def clean_settings(monkeypatch, tmp_path):
-    from kuda_mmsa.mmsa import config as cfg
-
-    cfg.reset_settings()
-    monkeypatch.delenv("MMSA_DATA_ROOT", raising=False)
-    monkeypatch.delenv("KUDA_MMSA_KNOWLEDGE_DIR", raising=False)
-    yield cfg
-    cfg.reset_settings()
-
-
-def test_kuda_config_demo(kuda_cache, clean_settings):
-    cfg = clean_settings
-    a = cfg.get_config_regression("kuda", "demo")
-    assert a.model_name == "kuda" and a.dataset_name == "demo"
-    assert os.path.isfile(a.featurePath) and a.metrics_name == "SIMS"
-    assert a.seq_lens == [24, 48, 32] and a.feature_dims == [64, 16, 20]   # from the data
-    assert a.train_samples == 600 and a.has_unimodal_labels is True
-    assert os.path.isfile(os.path.join(a.pretrained, "config.json"))
-    assert a.hidden_size == 64 and a.fusion_mode == "dynamic"             # yaml demo > common
-    assert a.pretrain.epochs == {"T": 8, "V": 8, "A": 8}                  # nested merge
-    assert a.KeyEval == "Loss" and a.need_data_aligned is False and a.use_bert is True
-    assert a.knowledge_dir == os.path.expanduser("~/MMSA/knowledge")
-
-
-def test_kuda_config_sims2_paths_and_overrides(tmp_path, clean_settings, monkeypatch):
-    cfg = clean_settings
-    monkeypatch.setenv("MMSA_DATA_ROOT", str(tmp_path / "env_root"))
-    monkeypatch.setenv("KUDA_MMSA_KNOWLEDGE_DIR", str(tmp_path / "env_k"))
-    a = cfg.get_config_regression("kuda", "sims2")
-    assert a.dataset_name == "simsv2" and a.pretrained == "bert-base-chinese"
-    assert a.featurePath == str(tmp_path / "env_root" / "SIMSv2/Processed/unaligned.pkl")
-    assert a.knowledge_dir == str(tmp_path / "env_k")
-    assert a.feature_dims == [768, 25, 177] and a.seq_lens == [50, 925, 232]
-    cfg.configure(data_root=str(tmp_path / "cli_root"), knowledge_dir=str(tmp_path / "k"),
-                  pretrained="bert-base-multilingual-cased")
-    a = cfg.get_config_regression("kuda", "simsv2")
-    assert a.featurePath.startswith(str(tmp_path / "cli_root"))
-    assert a.knowledge_dir == str(tmp_path / "k")
-    assert a.pretrained == "bert-base-multilingual-cased"
-
-
-@pytest.mark.parametrize("fmt", ["yaml", "json"])
-def test_user_config_file_layouts(tmp_path, clean_settings, fmt):
-    cfg = clean_settings
-    layered = {"common": {"learning_rate": 1e-3, "pretrain": {"batch_size": 7}},
-               "mosi": {"fusion_layers": 5}, "sims": {"fusion_layers": 9}}
-    flat = {"ce_weight": 0.5, "feature_dims": [768, 5, 20]}
-    paths = []
-    for i, d in enumerate((layered, flat)):
-        p = tmp_path / f"c{i}.{fmt}"
-        if fmt == "json":
-            p.write_text(json.dumps(d))
-        else:
-            import yaml
-            p.write_text(yaml.safe_dump(d))
-        paths.append(p)
-    a = cfg.get_config_regression("kuda", "mosi", str(paths[0]))
-    assert a.learning_rate == 1e-3 and a.fusion_layers == 5
-    assert a.pretrain.batch_size == 7 and a.pretrain.learning_rate == 1e-4   # deep merge
-    assert a.pretrained == "bert-base-uncased"
-    b = cfg.get_config_regression("kuda", "mosi", str(paths[1]))
-    assert b.ce_weight == 0.5 and b.fusion_layers == 3
-
-
-def test_config_file_errors(tmp_path, clean_settings):
-    cfg = clean_settings
-    with pytest.raises(KudaInputError, match="does not exist") as e:
-        cfg.get_config_regression("kuda", "sims", str(tmp_path / "none.yaml"))
-    one_paragraph(str(e.value))
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("common: [unclosed\n")
-    with pytest.raises(KudaInputError, match="could not be parsed"):
-        cfg.get_config_regression("kuda", "sims", str(bad))
-    with pytest.raises(KudaInputError, match="Unknown model 'nope'.*kuda"):
-        cfg.get_config_regression("nope", "sims")
-    # '' and MMSA's own default file mean "no user file"
-    import MMSA
-
-    default = os.path.join(os.path.dirname(MMSA.__file__), "config", "config_regression.json")
-    assert cfg.get_config_regression("kuda", "sims", default).fusion_layers == 3
-    assert cfg.get_config_regression("kuda", "sims", "").fusion_layers == 3
-
-
-def test_tune_config_draws_from_lists(kuda_cache, clean_settings):
-    import random
-
-    cfg = clean_settings
-    random.seed(0)
-    a = cfg.get_config_tune("kuda", "demo")
-    assert a.d_paras and all(k in a for k in a.d_paras)
-    assert all(not isinstance(a[k], list) for k in a.d_paras)
-    b = cfg.get_config_tune("kuda", "demo", random_choice=False)
-    assert isinstance(b[b.d_paras[0]], list)
-
-
-def test_stock_models_on_new_datasets(kuda_cache, clean_settings, tmp_path):
-    cfg = clean_settings
-    s = cfg.get_config_regression("self_mm", "demo")
-    assert os.path.isdir(s.pretrained) and s.text_out == 64 and s.feature_dims[0] == 64
-    assert s.train_samples == 600 and s.batch_size == 32       # MMSA's 'sims' params
-    l2 = cfg.get_config_regression("lf_dnn", "sims2")
-    assert l2.dataset_name == "simsv2" and l2.need_normalized is True
-    assert l2.feature_dims == [768, 25, 177]
-    m = cfg.get_config_regression("tfn", "mosi")              # stock dataset, our root
-    assert m.featurePath.endswith("MOSI/Processed/unaligned_50.pkl")
-    assert not m.featurePath.startswith("/home/sharing")
-    t = cfg.get_config_tune("lf_dnn", "demo")
-    assert "d_paras" in t and not isinstance(t.batch_size, list)
-
-
-def test_register_is_idempotent_and_fixes_mmsa(kuda_cache):
-    import MMSA
-    import MMSA.run as run
-    from MMSA.utils.metricsTop import MetricsTop
-
-    from kuda_mmsa.mmsa import register
-
-    register()
-    first = (run.AMIO, run.ATIO, run.MMDataLoader, run.MMSA_run)
-    register()
-    assert (run.AMIO, run.ATIO, run.MMDataLoader, run.MMSA_run) == first
-    assert MMSA.MMSA_run is run.MMSA_run
-    run.torch.cuda.set_device(torch.device("cpu"))            # MMSA crashed here
-    if not torch.cuda.is_available():
-        assert run.assign_gpu([]) == torch.device("cpu")
-        assert run.assign_gpu(["0"]) == torch.device("cpu")
-    assert type(round(run.np.mean([0.5, 0.25]) * 100, 2)) is float
-    m = MetricsTop("regression")
-    for name in ("sims", "simsv2", "sims2", "demo"):
-        assert m.getMetics(name).__name__.endswith("sims_regression")
-    assert m.getMetics("mosei").__name__.endswith("mosei_regression")
-    import importlib
-
-    mult = importlib.import_module("MMSA.trains.singleTask.MULT")   # the module, not the class
-
-    p = torch.nn.Parameter(torch.zeros(1))
-    mult.ReduceLROnPlateau(torch.optim.SGD([p], lr=0.1), mode="min", verbose=True)
-
-
-def test_make_demo_data_tool(tmp_path):
-    import runpy
-
-    mod = runpy.run_path(str(os.path.join(os.path.dirname(__file__), "..", "tools",
-                                          "make_demo_data.py")))
-    out = tmp_path / "d.pkl"
-    assert mod["main"](["--out", str(out), "--n-train", "6", "--n-valid", "3",
-                        "--n-test", "3", "--text-dim", "4", "--no-bert"]) == 0
-    with open(out, "rb") as f:
-        d = pickle.load(f)
-    assert len(d["train"]["regression_labels"]) == 6 and set(d["train"]) == LAYOUT
-
-
-def test_stock_model_with_mmsa_layout_config_file(tmp_path, kuda_cache, clean_settings):
-    import MMSA
-
-    cfg = clean_settings
-    with open(os.path.join(os.path.dirname(MMSA.__file__), "config", "config_regression.json")) as f:
-        full = json.load(f)
-    full["lf_dnn"]["datasetParams"]["sims"]["batch_size"] = 7
-    p = tmp_path / "mmsa_layout.json"
-    p.write_text(json.dumps(full))
-    assert cfg.get_config_regression("lf_dnn", "sims", str(p)).batch_size == 7
-    assert cfg.get_config_regression("lf_dnn", "demo", str(p)).batch_size == 7   # 'sims' params
-    flat = tmp_path / "flat.yaml"
-    flat.write_text("batch_size: 5\n")
-    assert cfg.get_config_regression("lf_dnn", "sims", str(flat)).batch_size == 5
-
-
-def test_mmsa_run_python_api_after_register(tmp_path, kuda_cache, clean_settings):
-    """MMSA_run(config_file='') no longer raises FileNotFoundError; a missing dataset is a
-    KudaInputError naming the file."""
-    import MMSA
-
-    from kuda_mmsa.mmsa import register
-
-    register()
-    cfg = clean_settings
-    cfg.configure(data_root=str(tmp_path / "root"))
-    with pytest.raises(KudaInputError, match="SIMSv2/Processed/unaligned.pkl"):
-        MMSA.MMSA_run("kuda", "sims2", config_file="", seeds=[1], verbose_level=0,
-                      gpu_ids=[], num_workers=0, model_save_dir=str(tmp_path / "m"),
-                      res_save_dir=str(tmp_path / "r"), log_dir=str(tmp_path / "l"))

@@ -18,26 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def trained(tiny_demo_pickle, tmp_path_factory):
     """One tiny KuDA run through MMSA_run: (folder, config file)."""
-    from kuda_mmsa.mmsa.config import configure, reset_settings
     from kuda_mmsa.mmsa.register import register
 
     d = tmp_path_factory.mktemp("explain_run")
     cfg = write_tiny_config(d / "tiny.yaml")
-    configure(knowledge_dir=str(d / "knowledge"))
     register()
     import MMSA.run
 
-    logger = logging.getLogger("MMSA")
-    before = list(logger.handlers)
-    try:
-        MMSA.run.MMSA_run("kuda", "demo", config_file=str(cfg), seeds=[5], custom_feature=str(tiny_demo_pickle),
-                          gpu_ids=[], num_workers=0, verbose_level=0, model_save_dir=str(d / "models"),
-                          res_save_dir=str(d / "results"), log_dir=str(d / "logs"))
-    finally:
-        reset_settings()
-        for h in list(logger.handlers):
-            if h not in before:
-                logger.removeHandler(h)
+    MMSA.run.MMSA_run("kuda", "demo", config_file=str(cfg), config={"knowledge_dir": str(d / "knowledge")},
+                      seeds=[5], custom_feature=str(tiny_demo_pickle), gpu_ids=[], num_workers=0, verbose_level=0,
+                      model_save_dir=str(d / "models"), res_save_dir=str(d / "results"), log_dir=str(d / "logs"))
     return d, cfg
 
 
@@ -82,7 +72,7 @@ def test_explain_writes_csv_and_plots_matching_mmsa(trained, tiny_demo_data, tin
 
 
 def test_explain_groups_by_error_without_annotations(trained, write_variant, tmp_path):
-    from kuda_mmsa import explain
+    from kuda_mmsa.cli import explain
 
     d, cfg = trained
 
@@ -91,14 +81,15 @@ def test_explain_groups_by_error_without_annotations(trained, write_variant, tmp
             s.pop("annotations", None)
 
     pkl = write_variant(drop)
-    s = explain.explain(d / "models" / "kuda-demo.pth", pkl, "valid", tmp_path / "e", str(cfg), "demo")
+    # no -c: the model is rebuilt from the config saved next to the weights
+    s = explain.explain(d / "models" / "kuda-demo.pth", pkl, "valid", tmp_path / "e")
     assert s["dominant_fraction"] is None and s["samples"] == 12
     assert (tmp_path / "e" / "ratio_by_error.png").stat().st_size > 2000
     assert not (tmp_path / "e" / "ratio_by_dominant.png").exists()
 
 
 def test_dominant_fraction_against_hand_counts():
-    from kuda_mmsa.explain import dominant_fraction
+    from kuda_mmsa.training.evaluation import dominant_fraction
 
     rows = [dict(R_T=.6, R_V=.2, R_A=.2, annotation="dominant:text"),
             dict(R_T=.2, R_V=.3, R_A=.5, annotation="dominant:vision"),

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from kuda_mmsa.mmsa import hook
+from kuda_mmsa.cli import hook
 
 REPO = Path(__file__).resolve().parents[1]
-PTH = REPO / "kuda_mmsa" / "mmsa" / hook.PTH_NAME
+PTH = REPO / "kuda_mmsa" / "cli" / hook.PTH_NAME
 
 
 @pytest.mark.parametrize("argv,expected", [
@@ -73,7 +73,8 @@ def test_python_m_mmsa_runs_our_cli(site_dir):
     r = _py(site_dir, "-m", "MMSA", "-h")
     assert r.returncode == 0, r.stderr
     out = r.stdout
-    assert out.startswith("usage: python -m MMSA")
+    assert "usage: python -m MMSA" in out
+    assert "python -m MMSA pretrain" in out and "python -m MMSA config show" in out   # the commands
     for word in ("kuda", "sims2", "simsv2", "demo", "--data-root", "--feature-file",
                  "--knowledge-dir", "--pretrained", "--no-plots"):
         assert word in out
@@ -99,7 +100,7 @@ def test_install_only_under_python_m_mmsa(monkeypatch):
         f = hook.MMSAMainFinder()
         assert f.find_spec("MMSA.run") is None and f.find_spec("numpy") is None
         spec = f.find_spec("MMSA.__main__", [])
-        assert "kuda_mmsa.mmsa.cli" in spec.loader.get_source("MMSA.__main__")
+        assert "kuda_mmsa.cli.main" in spec.loader.get_source("MMSA.__main__")
         monkeypatch.setenv("KUDA_MMSA_NO_HOOK", "1")
         assert f.find_spec("MMSA.__main__", []) is None
     finally:
@@ -138,7 +139,7 @@ def test_build_py_puts_pth_at_wheel_root(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "lib" / hook.PTH_NAME).read_text() == PTH.read_text()
     assert (tmp_path / "lib" / "kuda_mmsa" / "configs" / "kuda.yaml").is_file()
-    assert (tmp_path / "lib" / "kuda_mmsa" / "mmsa" / "hook.py").is_file()
+    assert (tmp_path / "lib" / "kuda_mmsa" / "cli" / "hook.py").is_file()
 
 
 def test_editable_wheel_adds_pth(setup_cmdclass, tmp_path, monkeypatch):

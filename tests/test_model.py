@@ -162,8 +162,8 @@ def test_token_ids_outside_vocabulary_are_a_clear_error():
 
 
 def test_invalid_fusion_mode_is_a_clear_error():
-    with pytest.raises(KudaInputError, match="fusion_mode"):
-        KuDAConfig.from_dict({"fusion_mode": "static"})
+    with pytest.raises(KudaInputError, match="'fusion_mode'.*'dynamic', 'reference'.*'static'"):
+        KuDAConfig.from_dict({"fusion_mode": "static", "feature_dims": [768, 5, 20], "seq_lens": [50, 375, 500]})
 
 
 def test_estimate_ratio_source_is_label_free_and_trains_its_estimator():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from kuda_mmsa import ops
-from kuda_mmsa.checkpoints import atomic_save, cpu_state_dict
+from kuda_mmsa.training.checkpoints import atomic_save, cpu_state_dict
 
 from test_model import make_batch, make_model  # tests/ is on sys.path (pytest rootdir-relative)
 

@@ -20,27 +20,30 @@ def tiny_config_file(tmp_path):
     return write_tiny_config(tmp_path / "tiny.yaml")
 
 
-@pytest.fixture
-def kuda_args(tiny_demo_pickle, tiny_config_file, tmp_path):
-    """Full kuda args (config merge + data facts) for the tiny demo data."""
-    from kuda_mmsa.mmsa.config import configure, get_config_regression, reset_settings
-    from kuda_mmsa.mmsa.data import MMDataLoader
+def make_kuda_args(feature_file, config_file, tmp_path, **overrides):
+    """Full kuda args (config layers + data facts) for a feature file, as MMSA_run builds them."""
+    from kuda_mmsa.mmsa.args import build_args
+    from kuda_mmsa.mmsa.loader import MMDataLoader
 
-    configure(knowledge_dir=str(tmp_path / "knowledge"))
-    args = get_config_regression("kuda", "demo", str(tiny_config_file))
-    reset_settings()
-    args.custom_feature = str(tiny_demo_pickle)
+    args, _ = build_args("kuda", "demo", str(config_file),
+                         dict({"knowledge_dir": str(tmp_path / "knowledge"), "progress": False, "plots": False},
+                              **overrides), custom_feature=str(feature_file))
+    args.custom_feature = str(feature_file)
     args.device = torch.device("cpu")
     args.model_save_path = tmp_path / "kuda-demo.pth"
-    args.cur_seed = 1
-    args.progress = False
+    args.cur_seed, args.seed = 1, 1111
 
     def loaders(seed=1111):
-        torch.manual_seed(seed)  # MMSA seeds before building loaders; they shuffle from it
+        torch.manual_seed(seed)  # MMSA seeds before building loaders
         return MMDataLoader(args, 0)  # also reads shapes from the data into args, as MMSA does
 
     loaders()
     return args, loaders
+
+
+@pytest.fixture
+def kuda_args(tiny_demo_pickle, tiny_config_file, tmp_path):
+    return make_kuda_args(tiny_demo_pickle, tiny_config_file, tmp_path)
 
 
 def _model(args):
@@ -50,21 +53,27 @@ def _model(args):
     return build_kuda(args)
 
 
-def test_stage1_checkpoints_are_loaded_and_frozen_in_stage2(kuda_args):
-    from kuda_mmsa.checkpoints import knowledge_paths
-    from kuda_mmsa.mmsa.trainer import KuDATrainer
-    from kuda_mmsa.pretrain import pretrain_unimodal
+def _pretrain(args, loaders, **kw):
+    from kuda_mmsa.training.stage1 import job_from_args, pretrain_unimodal
 
-    args, _ = kuda_args
-    paths = pretrain_unimodal(args, progress=False)
+    job = job_from_args(args, seed=1111)
+    return pretrain_unimodal(job, {s: dl.dataset for s, dl in loaders().items()}, **kw)
+
+
+def test_stage1_checkpoints_are_loaded_and_frozen_in_stage2(kuda_args):
+    from kuda_mmsa.training.stage1 import job_from_args
+    from kuda_mmsa.training.trainer import KuDATrainer
+
+    args, loaders = kuda_args
+    paths = _pretrain(args, loaders)
     assert set(paths) == {"T", "V", "A"} and all(p.is_file() for p in paths.values())
-    assert paths == knowledge_paths(args)
+    assert paths == job_from_args(args).paths
     assert not list(paths["T"].parent.glob("*.partial")) and not list(paths["T"].parent.glob("*.tmp"))
 
     model = _model(args)
     KuDATrainer(args).load_knowledge(model)
     for m, path in paths.items():
-        saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+        saved = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
         branch = model.branches[m]
         for name, tensor in branch.state_dict().items():
             torch.testing.assert_close(tensor, saved[name])
@@ -76,20 +85,19 @@ def test_stage1_checkpoints_are_loaded_and_frozen_in_stage2(kuda_args):
 
 
 def test_stage2_without_knowledge_stops_with_the_command_to_run(kuda_args):
-    from kuda_mmsa.mmsa.trainer import KuDATrainer
+    from kuda_mmsa.training.trainer import KuDATrainer
 
     args, _ = kuda_args
     args.auto_pretrain = False
-    with pytest.raises(KudaCheckpointError, match=r"python tools/pretrain_unimodal.py -d demo"):
+    with pytest.raises(KudaCheckpointError, match=r"python -m kuda_mmsa pretrain -d demo --feature-file"):
         KuDATrainer(args).load_knowledge(_model(args))
 
 
 def test_mismatched_stage1_checkpoint_is_a_clear_error(kuda_args):
-    from kuda_mmsa.mmsa.trainer import KuDATrainer
-    from kuda_mmsa.pretrain import pretrain_unimodal
+    from kuda_mmsa.training.trainer import KuDATrainer
 
-    args, _ = kuda_args
-    pretrain_unimodal(args, progress=False)
+    args, loaders = kuda_args
+    _pretrain(args, loaders)
     other = dict(args)
     other["av_hidden_size"] = 12  # a model of another width than the checkpoints
     with pytest.raises(KudaCheckpointError, match="does not match this model"):
@@ -97,20 +105,19 @@ def test_mismatched_stage1_checkpoint_is_a_clear_error(kuda_args):
 
 
 def test_truncated_checkpoint_is_a_clear_error(kuda_args):
-    from kuda_mmsa.checkpoints import knowledge_paths
-    from kuda_mmsa.mmsa.trainer import KuDATrainer
-    from kuda_mmsa.pretrain import pretrain_unimodal
+    from kuda_mmsa.training.stage1 import job_from_args
+    from kuda_mmsa.training.trainer import KuDATrainer
 
-    args, _ = kuda_args
-    pretrain_unimodal(args, progress=False)
-    path = knowledge_paths(args)["V"]
+    args, loaders = kuda_args
+    _pretrain(args, loaders)
+    path = job_from_args(args).paths["V"]
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(KudaCheckpointError, match="truncated"):
         KuDATrainer(args).load_knowledge(_model(args))
 
 
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
-    from kuda_mmsa import checkpoints
+    from kuda_mmsa.training import checkpoints
 
     target = tmp_path / "w.pth"
     checkpoints.atomic_save({"a": torch.ones(2)}, target)
@@ -127,7 +134,7 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
 
 def _train(args, make_loaders):
-    from kuda_mmsa.mmsa.trainer import KuDATrainer
+    from kuda_mmsa.training.trainer import KuDATrainer
 
     loaders = make_loaders()
     model = _model(args)
@@ -138,11 +145,10 @@ def _train(args, make_loaders):
 
 
 def test_interrupted_stage2_resumes_and_matches_an_uninterrupted_run(kuda_args, monkeypatch):
-    from kuda_mmsa.mmsa import trainer as trainer_mod
-    from kuda_mmsa.pretrain import pretrain_unimodal
+    from kuda_mmsa.training import trainer as trainer_mod
 
     args, loaders = kuda_args
-    pretrain_unimodal(args, progress=False)
+    _pretrain(args, loaders)
     full = _train(args, loaders)
 
     calls = {"n": 0}
@@ -165,10 +171,8 @@ def test_interrupted_stage2_resumes_and_matches_an_uninterrupted_run(kuda_args, 
 
 
 def test_same_seed_gives_identical_results_on_cpu(kuda_args):
-    from kuda_mmsa.pretrain import pretrain_unimodal
-
     args, loaders = kuda_args
-    pretrain_unimodal(args, progress=False)
+    _pretrain(args, loaders)
     assert _train(args, loaders) == _train(args, loaders)
 
 
@@ -176,7 +180,7 @@ def test_metrics_are_mmsa_metrics(kuda_args):
     """The trainer reports exactly what MMSA's MetricsTop computes on the same predictions."""
     from MMSA.utils import MetricsTop
 
-    from kuda_mmsa.mmsa.trainer import KuDATrainer
+    from kuda_mmsa.training.trainer import KuDATrainer
 
     args, loaders = kuda_args
     args.use_knowledge = False
@@ -216,10 +220,8 @@ def test_python_m_kuda_mmsa_runs_the_demo_job_end_to_end(tiny_demo_pickle, tiny_
 
 def test_tune_mode_runs_kuda_and_writes_mmsa_tune_csv(tiny_demo_pickle, tiny_config_file, tmp_path, monkeypatch):
     from kuda_mmsa.mmsa import register
-    from kuda_mmsa.mmsa.config import reset_settings
 
     monkeypatch.setenv("KUDA_MMSA_KNOWLEDGE_DIR", str(tmp_path / "knowledge"))
-    reset_settings()
     register()
     import MMSA
 
@@ -233,9 +235,9 @@ def test_tune_mode_runs_kuda_and_writes_mmsa_tune_csv(tiny_demo_pickle, tiny_con
     assert not (tmp_path / "m" / "kuda-demo.pth").exists()  # MMSA deletes tune-mode weights
 
 
-def test_bf16_precision_trains_and_bad_precision_is_a_clear_error(kuda_args):
+def test_bf16_precision_trains_and_bad_precision_is_a_clear_error(kuda_args, tiny_demo_pickle,
+                                                                  tiny_config_file, tmp_path):
     from kuda_mmsa.errors import KudaInputError
-    from kuda_mmsa.mmsa.trainer import KuDATrainer
 
     args, loaders = kuda_args
     args.use_knowledge = False
@@ -243,6 +245,5 @@ def test_bf16_precision_trains_and_bad_precision_is_a_clear_error(kuda_args):
     args.precision = "bf16"
     res = _train(args, loaders)
     assert all(torch.isfinite(torch.tensor(float(v))) for k, v in res.items())
-    args.precision = "fp8"
-    with pytest.raises(KudaInputError, match="precision"):
-        KuDATrainer(args).do_train(_model(args), loaders())
+    with pytest.raises(KudaInputError, match="'precision'.*'auto', 'fp32', 'bf16'"):
+        make_kuda_args(tiny_demo_pickle, tiny_config_file, tmp_path, precision="fp8")

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from ..files import atomic_path
+from . import safe_pickle
 from .demo import DEFAULTS, GENERATOR_VERSION, facts_of, make_demo_splits
 
 
@@ -69,7 +70,7 @@ def demo_facts(path) -> dict:
         facts = json.loads(meta.read_text())
     else:
         with open(path, "rb") as f:
-            facts = facts_of(pickle.load(f))
+            facts = facts_of(safe_pickle.load(f))
     return {k: facts[k] for k in ("seq_lens", "feature_dims", "splits", "train_samples")}
 
 

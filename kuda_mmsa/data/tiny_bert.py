@@ -23,7 +23,9 @@ DEMO_BERT_NAME = "demo-tiny-bert"
 def _build(folder: Path) -> None:
     import torch
     from transformers import BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     folder.mkdir(parents=True, exist_ok=True)
     config = BertConfig(vocab_size=V.VOCAB_SIZE, pad_token_id=V.PAD_ID,
                         type_vocab_size=2, **TINY_BERT)

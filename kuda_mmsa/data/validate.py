@@ -14,14 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KudaInputError
+from . import safe_pickle
 
 SPLITS = ("train", "valid", "test")
 UNIMODAL_KEYS = ("regression_labels_T", "regression_labels_A", "regression_labels_V")
 
 
 def read_pickle(path, what: str = "feature file", missing_hint: str = "") -> dict:
-    """Unpickle an MMSA feature file; KudaInputError on a missing, unreadable, corrupt or
-    truncated file, or one that is not a dict of splits."""
+    """Unpickle an MMSA feature file with the restricted unpickler (no code from the file
+    runs); KudaInputError on a missing, unreadable, corrupt or truncated file, a file that
+    names a global MMSA files never contain, or one that is not a dict of splits."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise KudaInputError(
@@ -29,7 +31,9 @@ def read_pickle(path, what: str = "feature file", missing_hint: str = "") -> dic
             + (" (it is a folder)" if path.is_dir() else "") + ". " + missing_hint)
     try:
         with open(path, "rb") as f:
-            data = pickle.load(f)
+            data = safe_pickle.load(f, str(path))
+    except KudaInputError:
+        raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             ImportError, IndexError, KeyError, OSError, MemoryError) as e:
         raise KudaInputError(
@@ -58,7 +62,7 @@ def check_splits(data: dict, path, splits=SPLITS) -> None:
                 f"expected a dict of numpy arrays (keys text_bert, audio, vision, ...).")
 
 
-def _require(split_data, keys, path, split):
+def require_keys(split_data, keys, path, split):
     missing = [k for k in keys if k not in split_data]
     if missing:
         raise KudaInputError(
@@ -99,6 +103,19 @@ def clean_nonfinite(arr, path, split, key, neg_inf_to_zero=False):
             f"'audio' is accepted (set to 0, as MMSA does); fix the feature extraction or "
             f"clean the file (e.g. np.nan_to_num) before training.")
     return arr
+
+
+def check_label_range(labels, label_range, path, split, key):
+    """Labels outside the dataset's range are refused: MMSA's metrics bin them by that range."""
+    lo, hi = float(label_range[0]), float(label_range[1])
+    bad = (labels < lo - 1e-6) | (labels > hi + 1e-6)
+    if bad.any():
+        raise KudaInputError(
+            f"The feature file '{path}', split '{split}', key '{key}': {int(bad.sum())} of "
+            f"{labels.size} label(s) lie outside the dataset's range [{lo:g}, {hi:g}] (found "
+            f"min {float(labels.min()):g}, max {float(labels.max()):g}). The metrics of this "
+            f"dataset assume that range: pick the dataset (-d) whose label range the file uses "
+            f"(sims/simsv2: [-1, 1], mosi/mosei: [-3, 3]) or fix the labels.")
 
 
 def check_lengths(lengths, seq_len, n, path, split, key):

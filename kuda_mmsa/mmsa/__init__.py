@@ -1,6 +1,6 @@
-"""Everything that touches MMSA: ``register()``, the CLI, the dataset table, config and
-data loading. Importing this package is cheap (no torch, no MMSA): the start-up hook
-imports it."""
-from .register import is_registered, model_choices, register  # noqa: F401
+"""The MMSA glue: ``register()`` (what kuda_mmsa puts into MMSA), ``MMSA_run`` with checks,
+MMSA's run arguments from the typed configuration, the loader, and the dataset table.
+Importing this package is cheap (no torch, no MMSA)."""
+from .register import is_registered, register
 
-__all__ = ["register", "is_registered", "model_choices"]
+__all__ = ["register", "is_registered"]

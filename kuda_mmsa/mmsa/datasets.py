@@ -1,4 +1,4 @@
-"""The one table of dataset facts (KUDA.md §8).
+"""The one table of dataset facts.
 
 Everything MMSA's config needs to know about a dataset that is not a hyper-parameter:
 relative feature file, sequence lengths and feature dimensions (MMSA's order [T, A, V]),
@@ -21,6 +21,9 @@ File names are relative to the data root (``--data-root``, else ``$MMSA_DATA_ROO
 from __future__ import annotations
 
 import copy
+
+from ..data import demo_facts, ensure_demo_data
+from ..errors import KudaInputError
 
 ALIASES = {"sims2": "simsv2"}
 
@@ -83,12 +86,11 @@ def dataset_choices() -> list:
     return sorted(set(DATASETS) | set(ALIASES))
 
 
-def get_facts(name: str) -> dict:
+def get_facts(name: str, generate_demo: bool = True) -> dict:
     """A copy of the facts of dataset ``name`` (aliases accepted). Raises KudaInputError
     listing the choices for an unknown name. The demo entry is completed from the
-    generated file."""
-    from ..errors import KudaInputError
-
+    generated file (generated on first use), unless ``generate_demo`` is False (a run on
+    another feature file: its facts come from that file)."""
     key = canonical_name(name)
     if key not in DATASETS:
         raise KudaInputError(
@@ -98,9 +100,7 @@ def get_facts(name: str) -> dict:
         )
     facts = copy.deepcopy(DATASETS[key])
     facts["name"] = key
-    if key == "demo" and facts["featurePath"] is None:
-        from ..data import demo_facts, ensure_demo_data
-
+    if key == "demo" and facts["featurePath"] is None and generate_demo:
         path = ensure_demo_data()
         facts.update(demo_facts(path))
         facts["featurePath"] = str(path)

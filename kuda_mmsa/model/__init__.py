@@ -1,12 +1,12 @@
 """The KuDA network. Never imports MMSA: it runs and is tested without it."""
 from .config import MODALITIES, KuDAConfig, scaled_layer_indices
-from .encoders import SequenceBranch, TextBranch, build_branch, load_text_encoder
+from .encoders import SequenceBranch, TextBranch, build_branch, load_text_encoder, text_encoder_info
 from .kuda import KuDA, build_kuda
 from .losses import correlation_estimation_loss
 from .ratio import RATIO_TARGETS, sentiment_ratio
 
 __all__ = [
     "MODALITIES", "KuDAConfig", "scaled_layer_indices", "SequenceBranch", "TextBranch", "build_branch",
-    "load_text_encoder", "KuDA", "build_kuda", "correlation_estimation_loss", "RATIO_TARGETS",
+    "load_text_encoder", "text_encoder_info", "KuDA", "build_kuda", "correlation_estimation_loss", "RATIO_TARGETS",
     "sentiment_ratio",
 ]

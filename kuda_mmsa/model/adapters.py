@@ -1,4 +1,4 @@
-"""Knowledge-injection ("mixed-domain") adapters and the unimodal decoder (KUDA.md §1)."""
+"""Knowledge-injection ("mixed-domain") adapters and the unimodal decoder (KuDA paper, method section: knowledge injection)."""
 from typing import List, Optional
 
 import torch
@@ -10,11 +10,11 @@ from .layers import TransformerStack, masked_mean
 class Adapter(nn.Module):
     """Linear(d -> d/2) -> small Transformer -> Linear(d/2 -> d) -> + input."""
 
-    def __init__(self, width: int, layers: int, heads: int, dropout: float):
+    def __init__(self, width: int, layers: int, heads: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
         inner = width // 2
         self.down = nn.Linear(width, inner)
-        self.encoder = TransformerStack(layers, inner, heads, max(inner // 2, 1), dropout)
+        self.encoder = TransformerStack(layers, inner, heads, max(inner // 2, 1), dropout, attn_dropout)
         self.up = nn.Linear(inner, width)
 
     def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor]) -> torch.Tensor:
@@ -25,9 +25,10 @@ class AdapterChain(nn.Module):
     """x = LN(h_0 + h_{i1}) -> adapter_1 -> x = LN(x + h_{i2}) -> adapter_2 -> ... = domain
     knowledge. One LayerNorm is shared by every step, as in the reference."""
 
-    def __init__(self, width: int, count: int, layers: int, heads: int, dropout: float, norm: nn.LayerNorm):
+    def __init__(self, width: int, count: int, layers: int, heads: int, dropout: float, norm: nn.LayerNorm,
+                 attn_dropout: float = 0.0):
         super().__init__()
-        self.adapters = nn.ModuleList(Adapter(width, layers, heads, dropout) for _ in range(count))
+        self.adapters = nn.ModuleList(Adapter(width, layers, heads, dropout, attn_dropout) for _ in range(count))
         self.norm = norm
 
     def forward(self, base: torch.Tensor, taps: List[torch.Tensor], pad: Optional[torch.Tensor]) -> torch.Tensor:
@@ -38,11 +39,12 @@ class AdapterChain(nn.Module):
 
 
 class UnimodalDecoder(nn.Module):
-    """mean over time -> dropout -> 2p -> p/2 -> p/4 -> p/8 -> 1 with GELUs."""
+    """mean over time -> dropout -> w -> p/2 -> p/4 -> p/8 -> 1 with GELUs, where p is the
+    encoder width (w = 2p: encoder output and adapter knowledge concatenated)."""
 
-    def __init__(self, width: int, dropout: float):
+    def __init__(self, width: int, dropout: float, encoder_width: Optional[int] = None):
         super().__init__()
-        p = width // 2
+        p = encoder_width or width // 2
         self.dropout = nn.Dropout(dropout)
         self.mlp = nn.Sequential(
             nn.Linear(width, p // 2), nn.GELU(),

@@ -1,90 +1,77 @@
-"""KuDAConfig: every number the network needs, read from MMSA's args dict.
+"""KuDAConfig: every number the network needs.
 
-The defaults are the paper's values (../shared/design/KUDA.md); configs/kuda.yaml is where
-users change them. Shapes (feature dims, sequence lengths) always come from the data.
+Its fields are the ``model`` section of the configuration schema (kuda_mmsa.config.schema:
+names, defaults = the paper's values, ranges and help live there, once) plus two data facts
+that always come from the data: ``feature_dims`` and ``seq_lens`` (MMSA's order T, A, V).
 """
-from dataclasses import dataclass, field, fields
-from typing import Any, List, Mapping, Optional
+from dataclasses import field, fields, make_dataclass
+from typing import Any, List, Mapping
 
+from ..config.schema import FUSION_MODES, RATIO_SOURCES, keys_of
 from ..errors import KudaInputError
 
-FUSION_MODES = ("dynamic", "reference")
-RATIO_SOURCES = ("consensus", "estimate", "prediction", "label")
 # Internal modality order is the paper's (T, V, A); MMSA's lists are (T, A, V).
 MODALITIES = ("T", "V", "A")
+_MMSA_INDEX = {"T": 0, "A": 1, "V": 2}
+_MODEL_KEYS = {k.name: k for k in keys_of("model")}
 
 
-@dataclass
-class KuDAConfig:
-    # data facts (MMSA order T, A, V)
-    feature_dims: List[int] = field(default_factory=lambda: [768, 25, 177])
-    seq_lens: List[int] = field(default_factory=lambda: [50, 925, 232])
-    pretrained: Any = "bert-base-chinese"
-    # fusion
-    fusion_mode: str = "dynamic"
-    ratio_source: str = "consensus"
-    ratio_k: float = 0.1
-    use_ratio: bool = True
-    use_knowledge: bool = True
-    ce_weight: float = 0.1
-    fusion_layers: int = 3
-    hidden_size: int = 256
-    fusion_heads: int = 8
-    fusion_head_dim: int = 64
-    fusion_ff_size: int = 512
-    fusion_dropout: float = 0.3
-    # unimodal encoders
-    av_hidden_size: int = 128
-    av_layers: int = 4
-    av_heads: int = 8
-    av_ff_size: int = 64
-    av_dropout: float = 0.2
-    text_adapter_layers: List[int] = field(default_factory=lambda: [3, 6, 9, 11])
-    adapter_layers: int = 2
-    adapter_heads: int = 4
-    adapter_dropout: float = 0.1
-    decoder_dropout: float = 0.1
-    head_sizes: List[int] = field(default_factory=lambda: [64, 32])
-    # memory: recompute encoder/adapter activations in backward (same results)
-    gradient_checkpointing: bool = False
+def _field(key):
+    import copy
 
-    @classmethod
-    def from_dict(cls, args: Mapping[str, Any]) -> "KuDAConfig":
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: args[k] for k in known if k in args})
-        cfg.validate()
-        return cfg
+    default = key.default
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d))
+    return field(default=default)
 
-    def validate(self) -> None:
-        if self.fusion_mode not in FUSION_MODES:
+
+def _post_init(self) -> None:
+    for name, key in _MODEL_KEYS.items():
+        if name == "pretrained":  # also a config object or a module (tests, benchmarks)
+            continue
+        setattr(self, name, key.check(getattr(self, name), "model config"))
+    if len(self.feature_dims) != 3 or len(self.seq_lens) != 3:
+        raise KudaInputError(
+            "feature_dims and seq_lens must list 3 values in MMSA's order [text, audio, vision]; "
+            f"found feature_dims={self.feature_dims}, seq_lens={self.seq_lens}.")
+    for name, width, heads in (
+        ("hidden_size / fusion_heads", self.hidden_size, self.fusion_heads),
+        ("av_hidden_size / av_heads", self.av_hidden_size, self.av_heads),
+        ("av_hidden_size/2 / adapter_heads", self.av_hidden_size // 2, self.adapter_heads),
+    ):
+        if width % heads:
             raise KudaInputError(
-                f"Config key 'fusion_mode' must be one of {FUSION_MODES}, found {self.fusion_mode!r}."
-            )
-        if self.ratio_source not in RATIO_SOURCES:
-            raise KudaInputError(
-                f"Config key 'ratio_source' must be one of {RATIO_SOURCES}, found {self.ratio_source!r}."
-            )
-        if len(self.feature_dims) != 3 or len(self.seq_lens) != 3:
-            raise KudaInputError(
-                "Config keys 'feature_dims' and 'seq_lens' must list 3 values in MMSA's order "
-                f"[text, audio, vision]; found feature_dims={self.feature_dims}, seq_lens={self.seq_lens}."
-            )
-        for name, width, heads in (
-            ("hidden_size/fusion_heads", self.hidden_size, self.fusion_heads),
-            ("av_hidden_size/av_heads", self.av_hidden_size, self.av_heads),
-            ("av_hidden_size/2 / adapter_heads", self.av_hidden_size // 2, self.adapter_heads),
-        ):
-            if width % heads:
-                raise KudaInputError(
-                    f"Config {name}: width {width} is not divisible by the number of heads {heads}."
-                )
+                f"Config {name}: width {width} is not divisible by the number of heads {heads}.")
 
-    # per-modality views in the paper's order ------------------------------------------
-    def seq_len(self, m: str) -> int:
-        return int(self.seq_lens[{"T": 0, "A": 1, "V": 2}[m]])
 
-    def feature_dim(self, m: str) -> int:
-        return int(self.feature_dims[{"T": 0, "A": 1, "V": 2}[m]])
+def _from_dict(cls, args: Mapping[str, Any]) -> "KuDAConfig":
+    """The model config from an MMSA args dict (extra keys are ignored: they belong to
+    training or to MMSA)."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: args[k] for k in known if k in args})
+
+
+def _seq_len(self, m: str) -> int:
+    return int(self.seq_lens[_MMSA_INDEX[m]])
+
+
+def _feature_dim(self, m: str) -> int:
+    return int(self.feature_dims[_MMSA_INDEX[m]])
+
+
+KuDAConfig = make_dataclass(
+    "KuDAConfig",
+    [("feature_dims", List[int]), ("seq_lens", List[int])]
+    + [(name, Any, _field(key)) for name, key in _MODEL_KEYS.items()],
+    namespace={
+        "__post_init__": _post_init,
+        "from_dict": classmethod(_from_dict),
+        "seq_len": _seq_len,
+        "feature_dim": _feature_dim,
+        "__doc__": __doc__,
+    },
+)
+KuDAConfig.__module__ = __name__
 
 
 def scaled_layer_indices(indices: List[int], depth: int, reference_depth: int = 12) -> List[int]:
@@ -97,3 +84,6 @@ def scaled_layer_indices(indices: List[int], depth: int, reference_depth: int = 
         j = int(i * depth / reference_depth + 0.5)
         out.append(min(max(j, 1), depth))
     return out
+
+
+__all__ = ["KuDAConfig", "MODALITIES", "FUSION_MODES", "RATIO_SOURCES", "scaled_layer_indices"]

@@ -1,6 +1,12 @@
-"""Unimodal branches (KUDA.md §1): an encoder, its knowledge adapters and a decoder that
-predicts the modality's own sentiment score. Stage 1 trains one branch alone; stage 2 loads
-all three and freezes adapters and decoder."""
+"""Unimodal branches (KuDA paper, method section: unimodal encoders and knowledge injection):
+an encoder, its knowledge adapters and a decoder that predicts the modality's own sentiment
+score. Stage 1 trains one branch alone; stage 2 loads all three and freezes adapters and
+decoder.
+
+In reference mode the encoders train as the authors' do: dropout on the attention
+probabilities of the vision/audio encoders and the adapters (torch's TransformerEncoderLayer)
+and zero-initialised position embeddings. Without adapters (``use_adapters: false``) a
+branch's output is its encoder's last state only."""
 import os
 from typing import Any, Optional, Tuple
 
@@ -22,7 +28,11 @@ def load_text_encoder(pretrained: Any) -> nn.Module:
         return pretrained
     if isinstance(pretrained, PretrainedConfig):
         return AutoModel.from_config(pretrained)
+    from transformers.utils import logging as hf_logging
+
     local = os.path.isdir(str(pretrained))
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()     # one bar per weight file would clutter MMSA's log
     try:
         return AutoModel.from_pretrained(str(pretrained), local_files_only=local or None)
     except Exception as exc:  # transformers raises many types for "not found"
@@ -34,6 +44,27 @@ def load_text_encoder(pretrained: Any) -> nn.Module:
             "model once (e.g. `huggingface-cli download bert-base-chinese --local-dir DIR`) and "
             "pass --pretrained DIR."
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def text_encoder_info(pretrained: Any) -> dict:
+    """What identifies a text encoder for the knowledge trained on it: its name and its
+    vocabulary and sizes (read offline from its config; name only when none is found)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(pretrained, nn.Module):
+        pretrained = pretrained.config
+    cfg = pretrained if isinstance(pretrained, PretrainedConfig) else None
+    if cfg is None:
+        try:
+            cfg = AutoConfig.from_pretrained(str(pretrained), local_files_only=True)
+        except Exception:  # not resolvable offline: the name is all we know
+            return {"name": os.path.basename(str(pretrained).rstrip("/\\"))}
+    return {"name": os.path.basename(str(getattr(cfg, "name_or_path", "") or pretrained).rstrip("/\\")),
+            "model_type": getattr(cfg, "model_type", ""), "vocab_size": int(cfg.vocab_size),
+            "hidden_size": int(cfg.hidden_size), "layers": int(cfg.num_hidden_layers)}
 
 
 class TextBranch(nn.Module):
@@ -50,12 +81,13 @@ class TextBranch(nn.Module):
         depth = bert_cfg.num_hidden_layers
         self.taps = scaled_layer_indices(list(config.text_adapter_layers), depth)
         self.norm = nn.LayerNorm(self.width)
+        reference = config.fusion_mode == "reference"
         self.adapters = AdapterChain(
             self.width, len(self.taps), config.adapter_layers, config.adapter_heads,
-            config.adapter_dropout, self.norm,
-        )
-        self.decoder = UnimodalDecoder(2 * self.width, config.decoder_dropout)
-        self.out_width = 2 * self.width
+            config.adapter_dropout, self.norm, attn_dropout=config.adapter_dropout if reference else 0.0,
+        ) if config.use_adapters else None
+        self.out_width = (2 if config.use_adapters else 1) * self.width
+        self.decoder = UnimodalDecoder(self.out_width, config.decoder_dropout, self.width)
 
     def check_ids(self, ids: torch.Tensor) -> None:
         lo, hi = int(ids.min()), int(ids.max())
@@ -78,8 +110,11 @@ class TextBranch(nn.Module):
         hs = out.hidden_states
         pad = attn == 0
         pad = pad & ~pad.all(dim=1, keepdim=True)  # an empty text keeps its positions valid
-        domain = self.adapters(hs[0], [hs[i] for i in self.taps], pad)
-        u = torch.cat([hs[-1], domain], dim=-1)
+        if self.adapters is not None:
+            domain = self.adapters(hs[0], [hs[i] for i in self.taps], pad)
+            u = torch.cat([hs[-1], domain], dim=-1)
+        else:
+            u = hs[-1]
         score = self.decoder(u, pad if masked else None)
         return u, score, pad
 
@@ -95,16 +130,20 @@ class SequenceBranch(nn.Module):
         self.width = d
         self.max_len = config.seq_len(modality)
         self.in_dim = config.feature_dim(modality)
+        reference = config.fusion_mode == "reference"
         self.proj = nn.Linear(self.in_dim, d)
         self.pos = nn.Parameter(torch.zeros(1, self.max_len, d))
-        nn.init.normal_(self.pos, std=0.02)
-        self.encoder = TransformerStack(config.av_layers, d, config.av_heads, config.av_ff_size, config.av_dropout)
+        if not reference:  # the authors start from zeros
+            nn.init.normal_(self.pos, std=0.02)
+        self.encoder = TransformerStack(config.av_layers, d, config.av_heads, config.av_ff_size, config.av_dropout,
+                                        attn_dropout=config.av_dropout if reference else 0.0)
         self.norm = nn.LayerNorm(d)
         self.adapters = AdapterChain(
-            d, config.av_layers - 1, config.adapter_layers, config.adapter_heads, config.adapter_dropout, self.norm
-        )
-        self.decoder = UnimodalDecoder(2 * d, config.decoder_dropout)
-        self.out_width = 2 * d
+            d, config.av_layers - 1, config.adapter_layers, config.adapter_heads, config.adapter_dropout, self.norm,
+            attn_dropout=config.adapter_dropout if reference else 0.0,
+        ) if config.use_adapters else None
+        self.out_width = (2 if config.use_adapters else 1) * d
+        self.decoder = UnimodalDecoder(self.out_width, config.decoder_dropout, d)
         self.trim_padding = True
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor], masked: bool = True):
@@ -127,8 +166,10 @@ class SequenceBranch(nn.Module):
             pad = padding_mask(lengths, l)
         states = self.encoder(self.proj(x) + self.pos[:, :l], pad, return_all=True)
         specific = self.norm(states[-1])
-        domain = self.adapters(states[0], states[1:-1], pad)
-        u = torch.cat([specific, domain], dim=-1)
+        if self.adapters is not None:
+            u = torch.cat([specific, self.adapters(states[0], states[1:-1], pad)], dim=-1)
+        else:
+            u = specific
         score = self.decoder(u, pad if masked else None)
         return u, score, pad
 

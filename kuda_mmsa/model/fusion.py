@@ -1,10 +1,16 @@
-"""Length alignment and dynamic attention fusion (DAF) blocks (KUDA.md §4).
+"""Length alignment and dynamic attention fusion (DAF) blocks (KuDA paper, method section:
+dynamic attention fusion).
 
 The M cross-attentions of a block run as one call of
 `kuda_mmsa.ops.ratio_cross_attention`, which multiplies modality m's attention message by
 weight[b, m] inside the kernel. In `dynamic` mode weight = M * R_m, so the ratio changes how
 much of each modality enters F; in `reference` mode the weight is 1 and the ratio enters the
-authors' way, (1 + R_m) before a LayerNorm (where it has no effect but through eps)."""
+authors' way, (1 + R_m) before a LayerNorm (where it has no effect but through eps).
+
+Reference mode also trains as the authors' code does: the cross-attention dropout acts after
+the output projection (ours: before it, on the message the ratio weighted, so that each
+modality's projection sees the same dropout), and the block's own feed-forward has no
+dropout (ours: fusion_dropout, the same regularisation as the cross-attention's)."""
 from typing import List, Optional
 
 import torch
@@ -54,8 +60,10 @@ class RatioCrossAttention(nn.Module):
     """For each source m: MHA(q = F, k = v = H_m), heads x head_dim, q/k/v without bias,
     output projection with bias; all M attentions through one fused op call."""
 
-    def __init__(self, num_sources: int, width: int, heads: int, head_dim: int, dropout: float):
+    def __init__(self, num_sources: int, width: int, heads: int, head_dim: int, dropout: float,
+                 dropout_after_projection: bool = False):
         super().__init__()
+        self.dropout_after_projection = dropout_after_projection
         inner = heads * head_dim
         self.heads, self.head_dim = heads, head_dim
         self.q = nn.ModuleList(nn.Linear(width, inner, bias=False) for _ in range(num_sources))
@@ -75,7 +83,10 @@ class RatioCrossAttention(nn.Module):
         v = torch.stack([self._split(proj(h)) for proj, h in zip(self.v, sources)], dim=1)
         msg = ops.ratio_cross_attention(q, k, v, weight, key_padding_mask)  # [B, M, H, Lq, d]
         b, m, h, lq, d = msg.shape
-        msg = self.dropout(msg.permute(0, 1, 3, 2, 4).reshape(b, m, lq, h * d))
+        msg = msg.permute(0, 1, 3, 2, 4).reshape(b, m, lq, h * d)
+        if self.dropout_after_projection:
+            return [self.dropout(proj(msg[:, i])) for i, proj in enumerate(self.out)]
+        msg = self.dropout(msg)
         return [proj(msg[:, i]) for i, proj in enumerate(self.out)]
 
 
@@ -84,7 +95,9 @@ class DAFBlock(nn.Module):
         super().__init__()
         d, ff, p = config.hidden_size, config.fusion_ff_size, config.fusion_dropout
         self.mode = config.fusion_mode
-        self.cross = RatioCrossAttention(num_sources, d, config.fusion_heads, config.fusion_head_dim, p)
+        reference = self.mode == "reference"
+        self.cross = RatioCrossAttention(num_sources, d, config.fusion_heads, config.fusion_head_dim, p,
+                                         dropout_after_projection=reference)
         self.cross_norm1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
         self.cross_ff = nn.ModuleList(FeedForward(d, ff, p) for _ in range(num_sources))
         self.cross_norm2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
@@ -95,7 +108,7 @@ class DAFBlock(nn.Module):
         self.fuse_norm = nn.LayerNorm(d, eps=FUSION_EPS)
         self.self_attn = SelfAttention(d, config.fusion_heads, config.fusion_head_dim, bias=False)
         self.self_norm = nn.LayerNorm(d, eps=FUSION_EPS)
-        self.ff = FeedForward(d, ff, p)
+        self.ff = FeedForward(d, ff, 0.0 if reference else p)
         self.ff_norm = nn.LayerNorm(d, eps=FUSION_EPS)
 
     def forward(self, f: torch.Tensor, sources: List[torch.Tensor], weight: torch.Tensor,

@@ -74,7 +74,8 @@ class KuDA(nn.Module):
     def knowledge_parameters(self):
         """Adapters and decoders: pre-trained in stage 1, frozen in stage 2."""
         for branch in self.branches.values():
-            yield from branch.adapters.parameters()
+            if branch.adapters is not None:
+                yield from branch.adapters.parameters()
             yield from branch.decoder.parameters()
 
     def freeze_knowledge(self) -> None:
@@ -90,7 +91,7 @@ class KuDA(nn.Module):
         cfg = self.config
         if not cfg.use_ratio:
             return ones, None, uniform
-        scores = scores.detach()
+        scores = scores.detach().float()  # ratios in fp32 even under bf16 autocast
         if not self.dynamic:
             # Authors: ratio from the label in training; no ratio at all in evaluation.
             if self.training and labels is not None:

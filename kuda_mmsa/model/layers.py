@@ -35,12 +35,16 @@ def sdpa_mask(pad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 class SelfAttention(nn.Module):
     """Multi-head self-attention (fused qkv projection) on SDPA.
 
-    No dropout on the attention probabilities: it forces SDPA onto its "math" path, which
-    materialises [L, L] scores (13x slower and 2.5x the memory for audio at L=925 on CPU).
-    Callers regularise with dropout on the attention output instead."""
+    By default no dropout on the attention probabilities: it forces SDPA onto its "math"
+    path, which materialises [L, L] scores (13x slower and 2.5x the memory for audio at
+    L=925 on CPU); callers regularise with dropout on the attention output instead.
+    ``attn_dropout`` > 0 restores it (reference mode: torch's TransformerEncoderLayer, which
+    the authors use, drops attention probabilities)."""
 
-    def __init__(self, width: int, heads: int, head_dim: Optional[int] = None, bias: bool = True):
+    def __init__(self, width: int, heads: int, head_dim: Optional[int] = None, bias: bool = True,
+                 attn_dropout: float = 0.0):
         super().__init__()
+        self.attn_dropout = attn_dropout
         self.heads = heads
         self.head_dim = head_dim or width // heads
         inner = self.heads * self.head_dim
@@ -50,16 +54,17 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, l, _ = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(pad))
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(pad), dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(b, l, self.heads * self.head_dim))
 
 
 class TransformerLayer(nn.Module):
     """Post-norm encoder layer with GELU, as torch.nn.TransformerEncoderLayer(norm_first=False)."""
 
-    def __init__(self, width: int, heads: int, ff_size: int, dropout: float):
+    def __init__(self, width: int, heads: int, ff_size: int, dropout: float, attn_dropout: float = 0.0):
         super().__init__()
-        self.attn = SelfAttention(width, heads)
+        self.attn = SelfAttention(width, heads, attn_dropout=attn_dropout)
         self.norm1 = nn.LayerNorm(width)
         self.ff = nn.Sequential(
             nn.Linear(width, ff_size), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_size, width)
@@ -79,9 +84,11 @@ class TransformerStack(nn.Module):
     With `gradient_checkpointing` set, each layer's activations are recomputed in backward
     instead of kept (long audio sequences: less memory for some extra compute)."""
 
-    def __init__(self, layers: int, width: int, heads: int, ff_size: int, dropout: float):
+    def __init__(self, layers: int, width: int, heads: int, ff_size: int, dropout: float,
+                 attn_dropout: float = 0.0):
         super().__init__()
-        self.layers = nn.ModuleList(TransformerLayer(width, heads, ff_size, dropout) for _ in range(layers))
+        self.layers = nn.ModuleList(TransformerLayer(width, heads, ff_size, dropout, attn_dropout)
+                                    for _ in range(layers))
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor] = None, return_all: bool = False):

@@ -1,4 +1,4 @@
-"""Correlation-estimation loss (KUDA.md §5): InfoNCE between each modality's pooled
+"""Correlation-estimation loss (KuDA paper, method section: correlation estimation): InfoNCE between each modality's pooled
 sequence and the pooled fused sequence, the batch serving as negatives."""
 from typing import Sequence
 

@@ -1,4 +1,4 @@
-"""Sentiment ratio (KUDA.md §3): R_m = softmax_m(-k (s_m - s)^2), i.e.
+"""Sentiment ratio (KuDA paper, method section: sentiment knowledge guiding): R_m = softmax_m(-k (s_m - s)^2), i.e.
 r_m = exp(-k (s_m - s)^2) normalised over the modalities.
 
 Where the target s comes from is a registry, so ablations add sources without touching the

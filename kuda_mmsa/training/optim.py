@@ -1,5 +1,4 @@
-"""Optimiser, learning-rate schedule and numeric precision shared by stage 1 and stage 2."""
-import contextlib
+"""Optimiser and learning-rate schedule shared by stage 1 and stage 2."""
 import math
 
 import torch
@@ -25,20 +24,3 @@ def make_adamw(params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-
-
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def autocast(device, precision: str = "fp32"):
-    """Mixed precision for the forward pass: 'bf16' runs matrix products in bfloat16 (CPUs with
-    AVX512-BF16/AMX and recent GPUs do them much faster; no loss scaling needed), 'fp32' none."""
-    if precision not in PRECISIONS:
-        from .errors import KudaInputError
-
-        raise KudaInputError(f"Config key 'precision' must be one of {sorted(PRECISIONS)}, found {precision!r}.")
-    dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
-    # No weight-cast cache: it would hold a bf16 copy of every weight until the step ends.
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, cache_enabled=False)

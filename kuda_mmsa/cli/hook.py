@@ -7,7 +7,7 @@ when ``MMSA`` is on the command line and ``KUDA_MMSA_NO_HOOK`` is not ``1``, imp
 module (stdlib only, plus the package's light ``__init__``) and calls ``install()``.
 ``install()`` puts a finder on ``sys.meta_path`` that answers only for ``MMSA.__main__``
 and only when Python was started as ``python -m MMSA``; its loader's code runs
-``kuda_mmsa.mmsa.cli.main()``. Any failure leaves Python and stock MMSA untouched.
+``kuda_mmsa.cli.main.main()``. Any failure leaves Python and stock MMSA untouched.
 """
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ TARGET = "MMSA.__main__"
 PTH_NAME = "kuda_mmsa_hook.pth"
 # The exact line of the .pth file (setup.py installs this text; tests check it).
 PTH_LINE = (
-    "import os, sys; exec('try:\\n import kuda_mmsa.mmsa.hook as _h\\n _h.install()\\n"
+    "import os, sys; exec('try:\\n import kuda_mmsa.cli.hook as _h\\n _h.install()\\n"
     "except Exception:\\n pass') if os.environ.get('KUDA_MMSA_NO_HOOK') != '1' and "
     "'MMSA' in ' '.join(getattr(sys, 'orig_argv', None) or sys.argv) else None"
 )
-VIA_HOOK = False  # set when the CLI runs as `python -m MMSA`
 
 _OPTS_WITH_ARG = {"-W", "-X", "--check-hash-based-pycs"}
 
@@ -60,10 +59,8 @@ def disabled() -> bool:
 
 _CODE = (
     "import sys\n"
-    "from kuda_mmsa.mmsa import hook as _kuda_hook\n"
-    "_kuda_hook.VIA_HOOK = True\n"
-    "from kuda_mmsa.mmsa.cli import main as _kuda_main\n"
-    "sys.exit(_kuda_main())\n"
+    "from kuda_mmsa.cli.main import main as _kuda_main\n"
+    "sys.exit(_kuda_main(prog='python -m MMSA'))\n"
 )
 
 

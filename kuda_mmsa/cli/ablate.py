@@ -1,0 +1,237 @@
+"""``ablate``: KuDA's ablations next to stock MMSA models, on the same splits and seeds.
+
+    kuda-mmsa ablate -d demo -s 1111 -s 1112 -s 1113 --out ablation
+    kuda-mmsa ablate -d sims2 --feature-file unaligned.pkl --variants kuda kuda_static lf_dnn
+
+Every (variant, seed) is one MMSA_run with one seed and its own model/result/log folders
+under ``<out>/runs/<variant>/seed<seed>/``, so the metrics are MMSA's own (MetricsTop on the
+test split at the epoch selected on the validation set), kept at full precision. Writes
+``<out>/ablation.csv`` (one row per variant x seed) and ``<out>/ablation.md`` (mean ± std over
+seeds). Resumable: a (variant, seed) already in ablation.csv is not run again. For KuDA
+variants on data annotated 'dominant:<modality>' (the demo data) ``DomFrac`` is the fraction
+of test samples whose largest ratio is on the annotated dominant modality. Variants are a
+registry (``VARIANTS``, ``register_variant``).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import numpy as np
+
+from ..errors import KudaInputError
+from ..files import atomic_path
+from ..mmsa.args import RUN_KEYS
+from ..mmsa.datasets import canonical_name
+from ..mmsa.register import register
+from ..mmsa.run import MMSA_run
+from ..training.evaluation import dominant_fraction
+from .common import add_flags, guarded, overrides
+from .explain import collect
+
+logger = logging.getLogger("MMSA")
+
+DEFAULT_SEEDS = (1111, 1112, 1113)
+ID_COLUMNS = ["variant", "model", "seed"]
+EXTRA_COLUMNS = ["DomFrac", "seconds"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: str                                   # MMSA model name
+    config: Dict = field(default_factory=dict)   # overrides of the model's config
+    description: str = ""
+
+    @property
+    def is_kuda(self) -> bool:
+        return self.model == "kuda"
+
+
+VARIANTS: Dict[str, Variant] = {}
+
+
+def register_variant(v: Variant) -> Variant:
+    VARIANTS[v.name] = v
+    return v
+
+
+for _v in (
+    Variant("kuda", "kuda", {}, "KuDA as configured, dynamic fusion"),
+    Variant("kuda_reference", "kuda", {"fusion_mode": "reference"},
+            "the authors' computation (label ratio in training, none at evaluation)"),
+    Variant("kuda_static", "kuda", {"use_ratio": False}, "static fusion: every modality weight 1"),
+    Variant("kuda_no_knowledge", "kuda", {"use_knowledge": False},
+            "no stage-1 knowledge: adapters and decoders from scratch"),
+    Variant("kuda_no_ce", "kuda", {"ce_weight": 0.0}, "no correlation-estimation loss"),
+    Variant("kuda_consensus", "kuda", {"ratio_source": "consensus"}, "ratio target = mean unimodal score"),
+    Variant("kuda_estimate", "kuda", {"ratio_source": "estimate"}, "ratio target = learned label-free estimate"),
+    Variant("kuda_prediction", "kuda", {"ratio_source": "prediction"},
+            "ratio target = the network's own static-fusion prediction"),
+    Variant("lf_dnn", "lf_dnn", {}, "MMSA LF-DNN"),
+    Variant("tfn", "tfn", {}, "MMSA TFN"),
+    Variant("self_mm", "self_mm", {}, "MMSA Self-MM (BERT = the dataset's text encoder)"),
+):
+    register_variant(_v)
+
+DEFAULT_VARIANTS = ("kuda", "kuda_reference", "kuda_static", "kuda_no_knowledge", "kuda_no_ce",
+                    "kuda_consensus", "kuda_estimate", "lf_dnn", "tfn", "self_mm")
+
+
+# ---------------------------------------------------------------------- CSV and table
+def read_rows(csv_path) -> List[dict]:
+    p = Path(csv_path)
+    if not p.is_file():
+        return []
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def write_rows(rows: List[dict], csv_path) -> Path:
+    p = Path(csv_path)
+    cols = list(ID_COLUMNS)
+    for r in rows:
+        cols += [k for k in r if k not in cols and k not in EXTRA_COLUMNS]
+    cols += [c for c in EXTRA_COLUMNS if any(c in r for r in rows)]
+    with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, restval="")
+        w.writeheader()
+        w.writerows(rows)
+    return p
+
+
+def _num(x) -> Optional[float]:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def summarize(rows: List[dict], variants: Optional[Iterable[str]] = None, group: str = "variant") -> str:
+    """Markdown table: one row per variant, mean ± std (population std, as MMSA) over seeds."""
+    order = list(variants) if variants else list(dict.fromkeys(r[group] for r in rows))
+    metric_cols = []
+    for r in rows:
+        metric_cols += [k for k in r if k not in ID_COLUMNS and k != "seconds" and k not in metric_cols]
+    metric_cols = [c for c in metric_cols if c != "DomFrac"] + (["DomFrac"] if "DomFrac" in metric_cols else [])
+    lines = [f"| {group} | seeds | " + " | ".join(metric_cols) + " |", "|---|---|" + "---|" * len(metric_cols)]
+    for name in order:
+        rs = [r for r in rows if r[group] == name]
+        if not rs:
+            continue
+        cells = []
+        for c in metric_cols:
+            vals = [v for v in (_num(r.get(c)) for r in rs) if v is not None]
+            cells.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if vals else "–")
+        lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- running
+def run_one(variant: Variant, dataset: str, seed: int, run_dir: Path, feature_file=None, config_file=None,
+            num_workers: int = 0, verbose_level: int = 1, config: Optional[dict] = None,
+            gpu_ids=None) -> dict:
+    """One MMSA_run with one seed; returns {metric: value} (MMSA's) plus DomFrac for KuDA."""
+    register()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = dict(config or {})
+    if variant.is_kuda:
+        cfg.update(variant.config)
+    else:
+        cfg = {k: v for k, v in cfg.items() if k in RUN_KEYS}   # KuDA's keys mean nothing to MMSA's models
+        cfg.update(variant.config)
+    (run_dir / "variant.json").write_text(json.dumps(
+        {"variant": variant.name, "model": variant.model, "config": cfg,
+         "config_file": str(config_file) if config_file else None, "dataset": dataset, "seed": seed,
+         "feature_file": str(feature_file) if feature_file else None}, indent=2))
+    t0 = time.time()
+    result = MMSA_run(variant.model, dataset, config_file=(config_file if variant.is_kuda else None),
+                      config=cfg or None, config_source=f"ablation variant {variant.name}", seeds=[seed],
+                      custom_feature=feature_file or None, gpu_ids=list(gpu_ids or []), num_workers=num_workers,
+                      verbose_level=verbose_level, model_save_dir=str(run_dir), res_save_dir=str(run_dir),
+                      log_dir=str(run_dir))
+    out = dict(result.per_seed[0])
+    out["seconds"] = round(time.time() - t0, 1)
+    if variant.is_kuda:
+        out["DomFrac"] = _dominant_fraction(Path(result.args["model_save_path"]), dataset, feature_file)
+    return out
+
+
+def _dominant_fraction(weights: Path, dataset: str, feature_file) -> Optional[float]:
+    try:
+        rows, _ = collect(weights, "test", dataset, None, feature_file)
+    except Exception as e:  # the analysis must never lose a finished run
+        logger.warning(f"DomFrac not computed: {e}")
+        return None
+    return dominant_fraction(rows)
+
+
+def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: Iterable[str] = DEFAULT_VARIANTS,
+                 out="ablation", feature_file=None, config_file=None, num_workers: int = 0,
+                 verbose_level: int = 1, config: Optional[dict] = None, echo=print) -> dict:
+    """Runs the missing (variant, seed) pairs; returns {'csv', 'markdown', 'table', 'ran'}."""
+    variants = list(variants)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise KudaInputError(f"Unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}.")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "ablation.csv", out / "ablation.md"
+    rows = read_rows(csv_path)
+    done = {(r["variant"], int(r["seed"])) for r in rows}
+    ran = []
+    for name in variants:
+        v = VARIANTS[name]
+        for seed in seeds:
+            if (name, int(seed)) in done:
+                continue
+            echo(f"[ablate] {name} seed {seed}: running ({v.description})")
+            res = run_one(v, dataset, int(seed), out / "runs" / name / f"seed{seed}", feature_file=feature_file,
+                          config_file=config_file, num_workers=num_workers, verbose_level=verbose_level,
+                          config=config)
+            rows.append({"variant": name, "model": v.model, "seed": int(seed), **res})
+            write_rows(rows, csv_path)          # after every run: an interruption loses nothing
+            ran.append((name, int(seed)))
+    selected = [r for r in rows if r["variant"] in variants and int(r["seed"]) in {int(s) for s in seeds}]
+    table = summarize(selected, variants)
+    header = (f"Dataset `{dataset}`{' (' + str(feature_file) + ')' if feature_file else ''}, seeds "
+              f"{', '.join(str(s) for s in seeds)}; test split, MMSA's metrics, mean ± std over seeds. "
+              f"DomFrac: fraction of test samples whose largest ratio is on the annotated dominant modality.\n\n")
+    md_path.write_text(header + table)
+    if not csv_path.exists():
+        write_rows(rows, csv_path)
+    return {"csv": csv_path, "markdown": md_path, "table": table, "ran": ran}
+
+
+def build_parser(prog=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(p, "dataset", "feature_file", "seeds", "config", "data_root", "knowledge_dir", "pretrained",
+              "num_workers", "verbose", "no_plots", "no_progress", "out", dataset="required", out="ablation")
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
+                   metavar="VARIANT", help="Default: " + ", ".join(DEFAULT_VARIANTS))
+    return p
+
+
+def run(a) -> int:
+    res = run_ablation(canonical_name(a.dataset), a.seeds or DEFAULT_SEEDS, a.variants, a.out,
+                       feature_file=a.feature_file, config_file=a.config or None, num_workers=a.num_workers,
+                       verbose_level=a.verbose, config=overrides(a) or None)
+    print(res["table"])
+    print(f"CSV: {res['csv']}\nMarkdown: {res['markdown']}\nran now: {len(res['ran'])} run(s)")
+    return 0
+
+
+def main(argv=None, prog=None) -> int:
+    parser = build_parser(prog)
+    a = parser.parse_args(argv)
+    return guarded(parser.prog, lambda: run(a))

@@ -1,0 +1,129 @@
+"""Flags shared by the commands, declared once, and what they become in a run's config.
+
+Each command picks the flags it takes with ``add_flags(parser, "dataset", "seeds", ...)``;
+names, spellings, types and help are the same everywhere. Flags that set configuration keys
+(``--data-root``, ``--pretrained``, ``--no-plots``, ...) become the run's top config layer
+(``overrides(ns)``), shown as "command line" by ``config show``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable, Dict
+
+from ..errors import KudaError
+from ..mmsa.args import model_choices
+from ..mmsa.datasets import canonical_name, dataset_choices
+
+
+def default_workers() -> int:
+    return min(8, os.cpu_count() or 1)
+
+
+FLAGS: Dict[str, tuple] = {
+    "dataset": (("-d", "--dataset"), dict(type=str.lower, choices=dataset_choices(),
+                help="Dataset (sims2 = simsv2; demo = generated, no download).")),
+    "model": (("-m", "--model"), dict(type=str.lower, default="lf_dnn", choices=model_choices(),
+              help="Model: kuda or a stock MMSA model. Default: lf_dnn (MMSA's default)")),
+    "config": (("-c", "--config"), dict(type=str, default="",
+               help="Config file (YAML or JSON) over the defaults; `config keys` lists every key.")),
+    "seeds": (("-s", "--seeds"), dict(action="append", type=int, default=[],
+              help="Random seed; repeat for several (-s 1111 -s 1112).")),
+    "gpu_ids": (("-g", "--gpu-ids"), dict(action="append", type=int, default=[],
+                help="GPU to use (one). Default: the GPU with the most free memory, the CPU when "
+                     "there is none.")),
+    "num_workers": (("-n", "--num-workers"), dict(type=int, default=default_workers(),
+                    help=f"Data-loading worker processes (results do not depend on it). Default: "
+                         f"min(8, CPUs) = {default_workers()}")),
+    "verbose": (("-v", "--verbose"), dict(type=int, default=1, choices=[0, 1, 2],
+                help="Verbosity: 0 errors, 1 info, 2 debug. Default: 1")),
+    "feature_file": (("--feature-file",), dict(type=str, default=None,
+                     help="Any MMSA-format feature pickle (all three modalities), instead of the "
+                          "dataset's file.")),
+    "data_root": (("--data-root",), dict(type=str, default=None,
+                  help="Folder of MMSA's datasets, with MMSA's relative file names. Default: "
+                       "$MMSA_DATA_ROOT, else ~/MMSA/datasets")),
+    "knowledge_dir": (("--knowledge-dir",), dict(type=str, default=None,
+                      help="Folder of the stage-1 (knowledge) checkpoints. Default: "
+                           "$KUDA_MMSA_KNOWLEDGE_DIR, else ~/MMSA/knowledge")),
+    "knowledge_from": (("--knowledge-from",), dict(type=str.lower, default=None, choices=dataset_choices(),
+                       help="Use the stage-1 knowledge trained on this dataset (the paper's protocol "
+                            "for MOSI/MOSEI: sims2).")),
+    "pretrained": (("--pretrained",), dict(type=str, default=None,
+                   help="Text encoder: a local folder or a Hugging Face name in the local cache "
+                        "('demo-tiny-bert' = the local demo BERT).")),
+    "model_save_dir": (("--model-save-dir",), dict(type=str, default="",
+                       help='Folder of trained weights. Default: "~/MMSA/saved_models"')),
+    "res_save_dir": (("--res-save-dir",), dict(type=str, default="",
+                     help='Folder of result CSVs. Default: "~/MMSA/results"')),
+    "log_dir": (("--log-dir",), dict(type=str, default="", help='Folder of logs. Default: "~/MMSA/logs"')),
+    "no_plots": (("--no-plots",), dict(action="store_true", help="Write no PNGs.")),
+    "no_progress": (("--no-progress",), dict(action="store_true", help="Show no progress bars.")),
+    "weights": (("--weights",), dict(type=str, required=True,
+                help="Trained KuDA weights (MMSA's saved model, e.g. ~/MMSA/saved_models/kuda-demo.pth).")),
+    "out": (("--out",), dict(type=str, help="Output folder.")),
+}
+
+# flag name -> the config key it sets (and how)
+CONFIG_FLAGS: Dict[str, Callable[[Any], tuple]] = {
+    "data_root": lambda v: ("data_root", v),
+    "knowledge_dir": lambda v: ("knowledge_dir", v),
+    "knowledge_from": lambda v: ("knowledge_from", canonical_name(v)),
+    "pretrained": lambda v: ("pretrained", v),
+    "no_plots": lambda v: ("plots", False),
+    "no_progress": lambda v: ("progress", False),
+}
+
+
+def add_flags(parser: argparse.ArgumentParser, *names: str, **defaults) -> argparse.ArgumentParser:
+    """Add the shared flags ``names``; ``defaults`` changes a flag's default (or ``required``)."""
+    for name in names:
+        flags, kwargs = FLAGS[name]
+        kwargs = dict(kwargs)
+        if name in defaults:
+            value = defaults[name]
+            if value is argparse.SUPPRESS or value == "required":
+                kwargs["required"] = True
+                kwargs.pop("default", None)
+            else:
+                kwargs["default"] = value
+        parser.add_argument(*flags, **kwargs)
+    return parser
+
+
+def overrides(ns: argparse.Namespace) -> Dict[str, Any]:
+    """The config keys the command line sets (only flags that were given)."""
+    out = {}
+    for name, to_key in CONFIG_FLAGS.items():
+        value = getattr(ns, name, None)
+        if value not in (None, False, ""):
+            key, v = to_key(value)
+            out[key] = v
+    return out
+
+
+def console_logging(verbose: int = 1) -> None:
+    """MMSA's logger on stderr for commands that do not go through MMSA_run."""
+    logger = logging.getLogger("MMSA")
+    if not any(getattr(h, "_kuda_console", False) for h in logger.handlers):
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(name)s - %(message)s"))
+        h._kuda_console = True
+        logger.addHandler(h)
+    logger.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose), logging.INFO))
+
+
+def guarded(prog: str, fn: Callable[[], int]) -> int:
+    """Run a command: a KudaError is one paragraph on stderr and its exit status, never a
+    traceback; Ctrl-C exits 130."""
+    try:
+        return fn() or 0
+    except KudaError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (the last finished epoch is saved; run the same command to resume)",
+              file=sys.stderr)
+        return 130

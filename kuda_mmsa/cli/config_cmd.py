@@ -1,0 +1,47 @@
+"""``config``: the configuration of KuDA runs.
+
+    kuda-mmsa config show -d sims2 [-c FILE] [--pretrained P ...]   effective config + sources
+    kuda-mmsa config keys                                            every key: type, range, default, help
+
+``show`` prints every key with its value and where the value came from: ``default`` (the
+schema), ``configs/kuda.yaml [<dataset>]``, the ``-c`` file and its section, or ``command
+line``. Unknown keys, wrong types and values out of range are refused exactly as a run would.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..config import describe_keys, render
+from ..mmsa.args import kuda_effective
+from ..mmsa.datasets import canonical_name
+from .common import add_flags, guarded, overrides
+
+
+def build_parser(prog=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="action", required=True)
+    show = sub.add_parser("show", help="the effective config of a KuDA run and where each value came from")
+    add_flags(show, "dataset", "config", "data_root", "knowledge_dir", "knowledge_from", "pretrained",
+              "no_plots", "no_progress", dataset="sims")
+    show.add_argument("--changed", action="store_true", help="only keys not at their default")
+    sub.add_parser("keys", help="every key with its type, range, default and help")
+    return p
+
+
+def run(a) -> int:
+    if a.action == "keys":
+        print(describe_keys())
+        return 0
+    eff = kuda_effective(canonical_name(a.dataset), a.config or None, overrides(a) or None, "command line")
+    print(f"KuDA config for dataset '{canonical_name(a.dataset)}'"
+          + (f" with -c {a.config}" if a.config else "") + ":")
+    print(render(eff, only_changed=a.changed))
+    return 0
+
+
+def main(argv=None, prog=None) -> int:
+    parser = build_parser(prog)
+    a = parser.parse_args(argv)
+    return guarded(parser.prog, lambda: run(a))

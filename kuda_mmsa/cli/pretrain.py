@@ -1,0 +1,84 @@
+"""``pretrain``: stage 1 of KuDA. Pre-train each modality's encoder + adapters + decoder on its
+unimodal labels and write one knowledge checkpoint per modality.
+
+    kuda-mmsa pretrain -d sims2
+    kuda-mmsa pretrain -d demo --modalities T --epochs 3
+    kuda-mmsa pretrain -d sims2 --data-root /data/MMSA --pretrained /models/bert-base-chinese
+
+Checkpoints go to <knowledge-dir>/<dataset>/<text encoder>/{text,vision,audio}.pth, where
+<knowledge-dir> is --knowledge-dir, else $KUDA_MMSA_KNOWLEDGE_DIR, else ~/MMSA/knowledge;
+stage 2 (`kuda-mmsa -m kuda -d DATASET`) finds them there. A modality whose checkpoint is
+already there for the same data and settings is skipped (--overwrite retrains it); an
+interrupted run resumes from the last finished epoch. Hyper-parameters: the `pretrain`
+keys of the config (`kuda-mmsa config keys`).
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..config.schema import SCHEMA
+from ..errors import KudaInputError
+from ..mmsa.args import build_args
+from ..mmsa.datasets import canonical_name
+from ..mmsa.loader import load_features
+from ..mmsa.patches import assign_gpu
+from ..training.stage1 import job_from_args, pretrain_command, pretrain_unimodal
+from .common import add_flags, console_logging, guarded, overrides
+
+
+def build_parser(prog=None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(p, "dataset", "config", "feature_file", "data_root", "knowledge_dir", "pretrained",
+              "seeds", "gpu_ids", "num_workers", "verbose", "no_progress", dataset="sims2")
+    p.add_argument("--modalities", nargs="+", default=["T", "V", "A"], type=str.upper,
+                   choices=["T", "V", "A"], help="Any of T V A. Default: all")
+    p.add_argument("--epochs", default=None,
+                   help="Epochs for every modality (e.g. 20) or per modality (e.g. T=100,V=100,A=50). "
+                        "Default: the config's pretrain.epochs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="Retrain modalities whose checkpoint exists (also when made with other data or settings).")
+    return p
+
+
+def parse_epochs(text):
+    """'20' -> 20; 'T=100,V=100,A=50' -> {T: 100, V: 100, A: 50}."""
+    if text is None:
+        return None
+    try:
+        if "=" not in text:
+            return int(text)
+        return {k.strip().upper(): int(v) for k, v in (part.split("=") for part in text.split(","))}
+    except ValueError:
+        raise KudaInputError(
+            f"--epochs takes a number (20) or per-modality numbers (T=100,V=100,A=50); found {text!r}.") from None
+
+
+def run(a: argparse.Namespace) -> int:
+    console_logging(a.verbose)
+    if len(a.seeds) > 1:
+        raise KudaInputError(f"Stage 1 writes one knowledge checkpoint per modality, so it takes one seed "
+                             f"(-s); found {a.seeds}.")
+    args, _ = build_args("kuda", canonical_name(a.dataset), a.config or None, overrides(a) or None,
+                         "command line", custom_feature=a.feature_file)
+    args.knowledge_from = None          # stage 1 writes the knowledge of its own dataset
+    args.custom_feature = a.feature_file
+    args.pretrained_arg = a.pretrained
+    epochs = parse_epochs(a.epochs)
+    if epochs is not None:
+        args.pretrain["epochs"] = dict(args.pretrain["epochs"], **SCHEMA["pretrain.epochs"].check(epochs, "--epochs"))
+    device = assign_gpu(a.gpu_ids)
+    features = load_features(args, require_unimodal_labels=bool(args.has_unimodal_labels))
+    job = job_from_args(args, device=device, seed=a.seeds[0] if a.seeds else 1111,
+                        num_workers=a.num_workers, command=pretrain_command(args))
+    paths = pretrain_unimodal(job, features.splits, a.modalities, overwrite=a.overwrite)
+    for m, path in paths.items():
+        print(f"{m}: {path}")
+    return 0
+
+
+def main(argv=None, prog=None) -> int:
+    parser = build_parser(prog)
+    a = parser.parse_args(argv)
+    return guarded(parser.prog, lambda: run(a))

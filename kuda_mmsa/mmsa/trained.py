@@ -1,0 +1,85 @@
+"""A trained KuDA model back from its weights, for explain, evaluate and robustness.
+
+The configuration comes from the JSON the trainer writes next to the weights
+(``<weights>.json``: every model and training key, the text encoder, the dataset) when it is
+there, then from ``-c`` and the command line; the data is read and validated like a run's.
+Weights are loaded with ``weights_only=True``, and a file that is not stage-2 weights (an
+interrupted run's ``.resume`` state, a stage-1 checkpoint, a corrupt file) is a clear error.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..errors import KudaCheckpointError, KudaInputError
+from ..training.checkpoints import (KNOWLEDGE_FORMAT, RESUME_FORMAT, STAGE1_PARTIAL_FORMAT, load_state_checked,
+                                    read_checkpoint, weights_info_path)
+from .args import build_args
+from .datasets import canonical_name
+from .loader import load_features
+from .patches import AMIO
+
+OTHER_FORMATS = {
+    RESUME_FORMAT: "the saved state of an interrupted training run (.resume), not trained weights: "
+                   "finish the run (run the same command again) and use the weights it saves",
+    KNOWLEDGE_FORMAT: "a stage-1 knowledge checkpoint (one modality's branch), not a whole trained "
+                      "model: pass the weights stage 2 saved (e.g. ~/MMSA/saved_models/kuda-<dataset>.pth)",
+    STAGE1_PARTIAL_FORMAT: "an interrupted stage-1 state, not a trained model",
+}
+
+
+def weights_info(weights) -> Optional[dict]:
+    path = weights_info_path(weights)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise KudaInputError(f"The weights' config file {path} could not be read ({e}); delete it and "
+                             f"pass the training config with -c.") from None
+
+
+def read_weights(weights) -> dict:
+    """MMSA's saved state dict of a KuDA model (keys ``Model.*``)."""
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise KudaCheckpointError(f"The weights file {path} (--weights) does not exist.")
+    state = read_checkpoint(path, "The weights file")
+    if isinstance(state, dict) and state.get("format") in OTHER_FORMATS:
+        raise KudaCheckpointError(f"{path} (--weights) is {OTHER_FORMATS[state['format']]}.")
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise KudaCheckpointError(
+            f"{path} (--weights) is not a state dict of tensors (it holds a {type(state).__name__}); "
+            f"pass the weights a KuDA run saved.")
+    if not any(k.startswith("Model.") for k in state):
+        state = {f"Model.{k}": v for k, v in state.items()}
+    return state
+
+
+def load_trained(weights, dataset: Optional[str] = None, config_file=None, feature_file=None,
+                 overrides: Optional[dict] = None, device="cpu"):
+    """(args, features, model in eval mode) for trained KuDA weights."""
+    info = weights_info(weights)
+    if info is not None and info.get("model") not in (None, "kuda"):
+        raise KudaInputError(f"{weights} holds a '{info.get('model')}' model; these commands explain KuDA.")
+    dataset = canonical_name(dataset or (info or {}).get("dataset") or "demo")
+    layer = dict((info or {}).get("config") or {})
+    if info and info.get("pretrained") and not (overrides or {}).get("pretrained"):
+        layer["pretrained"] = info["pretrained"]
+    layer.update(overrides or {})
+    args, _ = build_args("kuda", dataset, config_file, layer or None,
+                         f"{weights_info_path(weights).name} + command line" if info else "command line",
+                         custom_feature=feature_file)
+    args.custom_feature = str(feature_file) if feature_file else None
+    args.feature_T = args.feature_A = args.feature_V = ""
+    args.device = torch.device(device)
+    args.progress = False
+    features = load_features(args)
+    state = read_weights(weights)
+    model = AMIO(args)
+    load_state_checked(model, state, weights, "The weights file",
+                       "the training command with the same -c / --pretrained / data", made_with=None)
+    return args, features, model.to(args.device).eval()

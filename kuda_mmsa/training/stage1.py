@@ -1,0 +1,279 @@
+"""Stage 1: knowledge pre-training (paper §3.2, "knowledge injection").
+
+Each modality's branch (encoder + adapters + decoder) is trained alone with MSE against that
+modality's unimodal label; the epoch with the lowest validation MSE is kept and written as a
+knowledge checkpoint that records what it was trained on (data fingerprint, text encoder,
+stage-1 settings). Datasets without unimodal labels (MOSI, MOSEI) use the multimodal label as
+each modality's target, with a warning; the paper instead pre-trains on a SIMS set
+(``knowledge_from``).
+
+Resumable and reproducible: each modality has its own seed stream and its own data order,
+after every epoch the branch, optimizer, best state and both random states are written
+atomically next to the final checkpoint (``<modality>.pth.partial``), and a modality whose
+checkpoint is already there for the same data and settings is not trained again.
+"""
+import logging
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.loaders import make_loaders
+from ..errors import KudaCheckpointError, KudaStaleStateError, KudaTrainingError
+from ..files import remove_stale_temps
+from ..model import KuDAConfig, build_branch, text_encoder_info
+from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin,
+                          cpu_state_dict, describe_differences, knowledge_paths, plain, read_checkpoint,
+                          read_knowledge, read_resume, save_knowledge)
+from .optim import make_adamw
+
+logger = logging.getLogger("MMSA")
+MODALITY_STREAM = {"T": 0, "V": 1, "A": 2}
+
+
+@dataclass
+class Stage1Job:
+    """Everything stage 1 needs, independent of MMSA."""
+    model: KuDAConfig
+    pretrain: Dict[str, Any]            # learning_rate, weight_decay, batch_size, epochs {T,V,A}, early_stop
+    paths: Dict[str, Path]              # {modality: final checkpoint}
+    origin: Dict[str, Any]              # {"dataset", "data": fingerprint, "encoder": info}
+    has_unimodal_labels: bool = True
+    command: str = "python -m kuda_mmsa pretrain"
+    device: Any = "cpu"
+    seed: int = 1111
+    num_workers: int = 0
+    progress: bool = True
+    masked: bool = True                 # False in reference mode: the authors average over padding
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def settings(self, modality: str) -> dict:
+        """What defines one modality's training (compared on resume and on reuse)."""
+        branch_keys = ("av_hidden_size", "av_layers", "av_heads", "av_ff_size", "av_dropout",
+                       "text_adapter_layers", "adapter_layers", "adapter_heads", "adapter_dropout",
+                       "decoder_dropout", "use_adapters")
+        model = {k: getattr(self.model, k) for k in branch_keys}
+        return plain({"pretrain": dict(self.pretrain, epochs=self.pretrain["epochs"].get(modality)),
+                      "model": model, "masked": self.masked, "seed": self.seed,
+                      "target": modality if self.has_unimodal_labels else "M"})
+
+
+def job_from_args(args: Mapping[str, Any], device=None, seed: int = 1111, num_workers: int = 0,
+                  command: Optional[str] = None) -> Stage1Job:
+    """A Stage1Job from an MMSA args mapping (config + data facts + data fingerprint)."""
+    model = KuDAConfig.from_dict(args)
+    dataset = args.get("knowledge_from") or args["dataset_name"]
+    return Stage1Job(
+        model=model, pretrain=dict(args["pretrain"]),
+        paths=knowledge_paths(args.get("knowledge_dir"), dataset, args.get("pretrained")),
+        origin={"dataset": dataset, "data": args.get("data_fingerprint"),
+                "encoder": text_encoder_info(model.pretrained)},
+        has_unimodal_labels=bool(args.get("has_unimodal_labels", True)),
+        command=command or pretrain_command(args), device=device or args.get("device") or "cpu",
+        seed=int(seed), num_workers=int(num_workers or 0), progress=bool(args.get("progress", True)),
+        masked=args.get("fusion_mode", "dynamic") == "dynamic")
+
+
+def pretrain_command(args: Mapping[str, Any]) -> str:
+    dataset = args.get("knowledge_from") or args["dataset_name"]
+    cmd = f"python -m kuda_mmsa pretrain -d {dataset}"
+    if args.get("custom_feature") and not args.get("knowledge_from"):
+        cmd += f" --feature-file {args['custom_feature']}"
+    if args.get("pretrained_arg"):
+        cmd += f" --pretrained {args['pretrained_arg']}"
+    if args.get("knowledge_dir"):
+        cmd += f" --knowledge-dir {args['knowledge_dir']}"
+    return cmd
+
+
+def branch_inputs(batch: Mapping[str, Any], modality: str, device) -> tuple:
+    if modality == "T":
+        return (batch["text"].to(device),)
+    key = "vision" if modality == "V" else "audio"
+    lengths = batch.get(f"{key}_lengths")
+    return batch[key].to(device), None if lengths is None else torch.as_tensor(lengths).to(device)
+
+
+def unimodal_target(batch: Mapping[str, Any], modality: str, device) -> torch.Tensor:
+    labels = batch["labels"]
+    y = labels[modality] if modality in labels else labels["M"]
+    return y.to(device).view(-1, 1)
+
+
+@contextmanager
+def preserved_rng():
+    """Stage 1 run inside stage 2 must not shift stage 2's random stream."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+    random.setstate(py)
+    np.random.set_state(npy)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _evaluate(branch: nn.Module, loader, modality: str, device, masked: bool) -> float:
+    branch.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            _, score, _ = branch(*branch_inputs(batch, modality, device), masked=masked)
+            y = unimodal_target(batch, modality, device)
+            total += float(((score - y) ** 2).sum())
+            count += y.shape[0]
+    return total / max(count, 1)
+
+
+def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> Path:
+    out_path = job.paths[modality]
+    name = MODALITY_NAMES[modality]
+    epochs = int(job.pretrain["epochs"].get(modality, 1))
+    device = torch.device(job.device)
+    fingerprint = {"origin": plain(job.origin), "settings": job.settings(modality), "modality": modality}
+    partial = out_path.with_name(out_path.name + ".partial")
+    remove_stale_temps(partial)
+    remove_stale_temps(out_path)
+    state, _ = read_resume(partial, STAGE1_PARTIAL_FORMAT, fingerprint, f"Interrupted stage-1 {name} state")
+
+    _seed_all(job.seed + MODALITY_STREAM[modality])
+    loaders = make_loaders(datasets, int(job.pretrain["batch_size"]), job.seed, job.num_workers,
+                           stream=MODALITY_STREAM[modality] + 1)
+    branch = build_branch(job.model, modality).to(device)
+    opt = make_adamw(branch.parameters(), lr=float(job.pretrain["learning_rate"]),
+                     weight_decay=float(job.pretrain["weight_decay"]))
+    early_stop = int(job.pretrain.get("early_stop", epochs))
+    start, best, best_epoch, best_state = 0, float("inf"), 0, None
+    if state is not None:
+        branch.load_state_dict(state["branch"])
+        opt.load_state_dict(state["optimizer"])
+        start, best, best_epoch = int(state["epoch"]), float(state["best"]), int(state["best_epoch"])
+        best_state = state["best_state"] or None
+        torch.set_rng_state(state["rng"])
+        loaders["train"].generator.set_state(state["shuffle_rng"])
+        logger.info(f"Stage 1 [{name}]: resuming after epoch {start} from {partial}")
+
+    mse = nn.MSELoss()
+    stopped = start > 0 and start - best_epoch >= early_stop
+    for epoch in range(start + 1, epochs + 1):
+        if stopped:
+            break
+        branch.train()
+        running, seen = 0.0, 0
+        bar = tqdm(loaders["train"], desc=f"stage 1 {name} {epoch}/{epochs}", disable=not job.progress, leave=False)
+        for batch in bar:
+            _, score, _ = branch(*branch_inputs(batch, modality, device), masked=job.masked)
+            y = unimodal_target(batch, modality, device)
+            loss = mse(score, y)
+            if not torch.isfinite(loss):
+                raise KudaTrainingError(
+                    f"Stage 1 [{name}] diverged: the loss is {loss.item()} in epoch {epoch}. The last "
+                    f"finished epoch is saved in {partial}; lower pretrain.learning_rate and delete that "
+                    f"file to start again.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item() * y.shape[0]
+            seen += y.shape[0]
+            bar.set_postfix(mse=f"{running / seen:.4f}")
+        valid = _evaluate(branch, loaders["valid"], modality, device, job.masked)
+        if valid < best - 1e-6:
+            best, best_epoch, best_state = valid, epoch, cpu_state_dict(branch)
+        logger.info(f"Stage 1 [{name}] epoch {epoch}/{epochs}: train MSE {running / max(seen, 1):.4f}, "
+                    f"valid MSE {valid:.4f} (best {best:.4f} @ {best_epoch})")
+        atomic_save({"format": STAGE1_PARTIAL_FORMAT, "fingerprint": plain(fingerprint),
+                     "branch": cpu_state_dict(branch), "optimizer": opt.state_dict(), "epoch": epoch,
+                     "best": float(best), "best_epoch": best_epoch, "best_state": best_state or {},
+                     "rng": torch.get_rng_state(), "shuffle_rng": loaders["train"].generator.get_state()},
+                    partial)
+        stopped = epoch - best_epoch >= early_stop
+    if best_state:
+        branch.load_state_dict(best_state)
+    meta = dict(job.origin, settings=job.settings(modality), valid_mse=best, epoch=best_epoch,
+                feature_dim=job.model.feature_dim(modality), seq_len=job.model.seq_len(modality))
+    save_knowledge(branch, out_path, modality, meta)
+    partial.unlink(missing_ok=True)
+    logger.info(f"Stage 1 [{name}]: best valid MSE {best:.4f} at epoch {best_epoch}; saved {out_path}")
+    return out_path
+
+
+def _up_to_date(job: Stage1Job, modality: str) -> Optional[str]:
+    """None when the modality's checkpoint exists for the same data, encoder and settings;
+    else why not ('missing' or the differences)."""
+    path = job.paths[modality]
+    if not path.exists():
+        return "missing"
+    meta = read_knowledge(path, modality, job.command).get("meta", {})
+    have = {"origin": {k: meta.get(k) for k in ("dataset", "data", "encoder")}, "settings": meta.get("settings")}
+    want = {"origin": plain(job.origin), "settings": job.settings(modality)}
+    if plain(have) == want:
+        return None
+    return describe_differences(plain(have), want)
+
+
+def pretrain_unimodal(job: Stage1Job, datasets: Mapping[str, Any], modalities: Iterable[str] = ("T", "V", "A"),
+                      overwrite: bool = False) -> Dict[str, Path]:
+    """Train and save the knowledge checkpoint of each modality that is not already there for
+    the same data and settings. Returns {modality: path}."""
+    modalities = [m.upper() for m in modalities]
+    bad = [m for m in modalities if m not in MODALITY_NAMES]
+    if bad:
+        raise KudaCheckpointError(f"Unknown modality {bad[0]!r} for stage 1; expected some of T, V, A.")
+    if not job.has_unimodal_labels:
+        logger.warning(
+            f"Dataset {job.origin.get('dataset')!r} has no unimodal labels (regression_labels_T/_V/_A): "
+            "stage 1 uses the multimodal label as every modality's target (the paper pre-trains on a "
+            "SIMS set instead: --knowledge-from sims2).")
+    with preserved_rng():
+        for m in modalities:
+            why = _up_to_date(job, m)
+            if why is None and not overwrite:
+                logger.info(f"Stage 1 [{MODALITY_NAMES[m]}]: {job.paths[m]} is up to date for this data "
+                            f"and these settings; not trained again.")
+                continue
+            if why not in (None, "missing") and not overwrite:
+                raise KudaStaleStateError(
+                    f"Stage-1 {MODALITY_NAMES[m]} checkpoint {job.paths[m]} was trained with other data or "
+                    f"settings ({why}). Pass --overwrite to replace it, or use another --knowledge-dir.")
+            train_branch(job, m, datasets)
+    return {m: job.paths[m] for m in modalities}
+
+
+def ensure_knowledge(job: Stage1Job, datasets: Optional[Mapping[str, Any]], auto_pretrain: bool = True,
+                     allow_other_data: bool = False) -> Dict[str, Path]:
+    """Stage-1 checkpoints for stage 2: runs stage 1 (announced) for the missing ones when
+    `auto_pretrain` is on and data is given, else stops with the command to run; refuses
+    knowledge made from other data (unless `allow_other_data`) or another text encoder."""
+    paths = job.paths
+    missing = [m for m, p in paths.items() if not p.exists()]
+    if missing:
+        names = ", ".join(MODALITY_NAMES[m] for m in missing)
+        folder = paths[missing[0]].parent
+        if not auto_pretrain or datasets is None:
+            raise KudaCheckpointError(
+                f"Stage-1 knowledge checkpoints for {names} are missing (expected {paths[missing[0]]} and "
+                f"its siblings in {folder}). Stage 2 will not train without the knowledge it is built on. "
+                f"Run stage 1 first: {job.command} (or set use_knowledge: false for the no-knowledge "
+                f"ablation).")
+        logger.info(f"Stage-1 knowledge checkpoints missing for {names} in {folder}: running stage 1 now "
+                    f"(same as `{job.command}`).")
+        pretrain_unimodal(job, datasets, missing)
+    for m, path in paths.items():
+        ckpt = read_knowledge(path, m, job.command)
+        check_knowledge_origin(ckpt, path, m, {"data": job.origin["data"], "encoder": job.origin["encoder"]},
+                               job.command, allow_other_data=allow_other_data)
+    return paths
+
+
+__all__ = ["Stage1Job", "job_from_args", "pretrain_command", "pretrain_unimodal", "ensure_knowledge",
+           "branch_inputs", "unimodal_target", "preserved_rng", "read_checkpoint"]

@@ -1,0 +1,239 @@
+"""Stage 2: the KuDA trainer in MMSA's trainer protocol (do_train / do_test).
+
+Loads the stage-1 knowledge (running stage 1 first when it is missing), freezes adapters and
+decoders, trains with MSE + ce_weight * CE, AdamW, linear warm-up then cosine decay, gradient
+clipping; selects the epoch on the validation set by MMSA's KeyEval and stops early.
+
+Nothing is silently wrong: weights left at the save path by an earlier run are removed before
+a fresh start, so testing always uses this run's best epoch; a resume state is applied only
+when its fingerprint (the full effective config, the data, the stage-1 knowledge, the seed and
+the package version) equals this run's; the first non-finite loss stops training with the
+epoch named, keeping the best checkpoint. After every epoch the full training state is
+written atomically, so an interrupted run resumes bit for bit.
+"""
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..config.schema import KEYS
+from ..errors import KudaTrainingError
+from ..files import atomic_write_text, remove_stale_temps
+from .checkpoints import (RESUME_FORMAT, atomic_save, cpu_state_dict, load_knowledge_into, plain, read_resume,
+                          weights_info_path)
+from .evaluation import batch_inputs, predict
+from .metrics import lower_is_better, metrics_for
+from .optim import make_adamw, warmup_cosine
+from .precision import autocast, choose, detect
+from .stage1 import ensure_knowledge, job_from_args
+
+logger = logging.getLogger("MMSA")
+
+# Keys that define a run's result (the 'run' section only says where things are).
+RESULT_KEYS = tuple(k.name for k in KEYS if k.section in ("model", "train"))
+
+
+class KuDATrainer:
+    def __init__(self, args):
+        self.args = args
+        self.metrics = metrics_for(args.get("metrics_name") or "SIMS")
+        self.criterion = nn.MSELoss()
+        self.ce_weight = float(args.get("ce_weight", 0.1))
+        self.precision, why = choose(args.get("precision", "auto"), detect(args["device"]))
+        logger.info(f"Precision {self.precision} ({why}).")
+        self.history = []
+        self.knowledge = {}
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _kuda(model):
+        return getattr(model, "Model", model)
+
+    def _resume_path(self) -> Path:
+        return Path(str(self.args["model_save_path"]) + ".resume")
+
+    def fingerprint(self) -> dict:
+        """Everything that defines this run's result (compared before resuming)."""
+        a = self.args
+        return plain({
+            "version": __version__, "model": a["model_name"], "dataset": a["dataset_name"],
+            "seed": a.get("seed"), "config": {k: a.get(k) for k in RESULT_KEYS},
+            "KeyEval": a["KeyEval"], "precision": self.precision,
+            "data": a.get("data_fingerprint"), "knowledge": self.knowledge,
+            "world_size": a.get("world_size", 1),
+        })
+
+    def load_knowledge(self, model, datasets=None) -> None:
+        """Stage-1 adapters and decoders into the model (stage 1 runs first when they are
+        missing and auto_pretrain is on), then frozen."""
+        kuda = self._kuda(model)
+        args = self.args
+        if not args.get("use_knowledge", True):
+            logger.info("use_knowledge is off: adapters and decoders start from random weights and train.")
+            return
+        job = job_from_args(args, device=args["device"], seed=int(args.get("seed") or 1111))
+        paths = ensure_knowledge(job, datasets, auto_pretrain=bool(args.get("auto_pretrain", True)),
+                                 allow_other_data=bool(args.get("knowledge_from")))
+        for m, path in paths.items():
+            ckpt = load_knowledge_into(kuda.branches[m], path, m, job.command)
+            self.knowledge[m] = ckpt["meta"].get("uid")
+        if args.get("freeze_knowledge", True):
+            kuda.freeze_knowledge()
+        logger.info(f"Loaded stage-1 knowledge from {paths['T'].parent}")
+
+    # ------------------------------------------------------------------ train
+    def do_train(self, model, dataloader, return_epoch_results=False):
+        args = self.args
+        device = args["device"]
+        save_path = Path(str(args["model_save_path"]))
+        self.load_knowledge(model, {s: dl.dataset for s, dl in dataloader.items()})
+        model.to(device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = make_adamw(params, lr=float(args["learning_rate"]), weight_decay=float(args["weight_decay"]))
+        max_epochs = int(args["epochs"])
+        total_steps = max_epochs * max(len(dataloader["train"]), 1)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, float(args["warmup_ratio"])))
+        key = args["KeyEval"]
+        minimize = lower_is_better(key)
+        best_valid = float("inf") if minimize else -float("inf")
+        epoch, best_epoch = 0, 0
+        epoch_results = {"train": [], "valid": [], "test": []}
+        shuffle_gen = dataloader["train"].generator
+
+        resume = self._resume_path()
+        for p in (save_path, resume):
+            remove_stale_temps(p)
+        fingerprint = self.fingerprint()
+        state, note = read_resume(resume, RESUME_FORMAT, fingerprint, "Interrupted training state",
+                                  refuse=not args.get("is_tune", False))
+        if note:
+            logger.warning(note)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            epoch, best_epoch, best_valid = int(state["epoch"]), int(state["best_epoch"]), float(state["best_valid"])
+            self.history = list(state["history"])
+            torch.set_rng_state(state["rng"])
+            shuffle_gen.set_state(state["shuffle_rng"])
+            logger.info(f"Resuming stage 2 after epoch {epoch} from {resume}")
+        else:
+            # Weights at the save path from an earlier run must never be tested as this run's.
+            save_path.unlink(missing_ok=True)
+            weights_info_path(save_path).unlink(missing_ok=True)
+
+        clip = float(args.get("grad_clip") or 0)
+        progress = bool(args.get("progress", True))
+        stop = epoch > 0 and epoch - best_epoch >= int(args["early_stop"])
+        while epoch < max_epochs and not stop:
+            epoch += 1
+            model.train()
+            y_pred, y_true = [], []
+            total_loss = torch.zeros((), device=device)
+            total_ce = torch.zeros((), device=device)
+            n = 0
+            with tqdm(dataloader["train"], desc=f"kuda epoch {epoch}/{max_epochs}", leave=False,
+                      disable=not progress) as bar:
+                for step, batch in enumerate(bar):
+                    labels = batch["labels"]["M"].to(device).view(-1, 1)
+                    with autocast(device, self.precision):
+                        out = model(**batch_inputs(batch, device), labels=labels)
+                    out = {k: v.float() for k, v in out.items()}
+                    loss = self.criterion(out["M"], labels) + self.ce_weight * out["ce"]
+                    if "aux" in out:  # the label-free ratio estimator's own loss
+                        loss = loss + out["aux"]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if clip > 0:
+                        nn.utils.clip_grad_norm_(params, clip)
+                    optimizer.step()
+                    scheduler.step()
+                    total_loss += loss.detach() * labels.shape[0]
+                    total_ce += out["ce"].detach() * labels.shape[0]
+                    n += labels.shape[0]
+                    y_pred.append(out["M"].detach().cpu())
+                    y_true.append(labels.cpu())
+                    if progress and step % 10 == 0:
+                        bar.set_postfix(loss=f"{total_loss.item() / n:.4f}")
+            mean_loss = total_loss.item() / max(n, 1)
+            if not torch.isfinite(torch.tensor(mean_loss)):
+                where = (f"the best checkpoint (epoch {best_epoch}, valid {key} {best_valid:.4f}) is kept at "
+                         f"{save_path}" if best_epoch else "no checkpoint was saved")
+                raise KudaTrainingError(
+                    f"Training diverged: the loss became non-finite ({mean_loss}) in epoch {epoch} of seed "
+                    f"{args.get('seed')}; {where}, and the state after epoch {epoch - 1} is in {resume}. "
+                    f"Lower learning_rate (now {args['learning_rate']}) or set grad_clip, then delete "
+                    f"{resume} and run again.")
+            train_results = self.metrics(torch.cat(y_pred), torch.cat(y_true))
+            train_results["Loss"] = round(mean_loss, 4)
+            logger.info(f"TRAIN-(kuda) [{epoch - best_epoch}/{epoch}/{args.get('cur_seed', 1)}] >> "
+                        f"loss: {mean_loss:.4f} ce: {total_ce.item() / max(n, 1):.4f} "
+                        + " ".join(f"{k}: {v:.4f}" for k, v in train_results.items() if k != "Loss"))
+            val_results = self.do_test(model, dataloader["valid"], mode="VAL")
+            cur = val_results[key]
+            better = cur <= best_valid - 1e-6 if minimize else cur >= best_valid + 1e-6
+            if better:
+                best_valid, best_epoch = cur, epoch
+                atomic_save(cpu_state_dict(model), save_path)
+                self.write_sidecar(save_path, epoch, best_valid)
+            self.history.append(plain({"epoch": epoch, "train_loss": train_results["Loss"], "valid": val_results}))
+            if return_epoch_results:
+                epoch_results["train"].append(train_results)
+                epoch_results["valid"].append(val_results)
+                epoch_results["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
+            stop = epoch - best_epoch >= int(args["early_stop"])
+            atomic_save({"format": RESUME_FORMAT, "fingerprint": fingerprint, "model": cpu_state_dict(model),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "epoch": epoch, "best_epoch": best_epoch, "best_valid": float(best_valid),
+                         "history": self.history, "rng": torch.get_rng_state(),
+                         "shuffle_rng": shuffle_gen.get_state()}, resume)
+            if stop:
+                logger.info(f"Early stop: no {key} improvement on the validation set for {epoch - best_epoch} epochs.")
+        if not best_epoch or not save_path.is_file():
+            raise KudaTrainingError(
+                f"No epoch gave a finite validation {key}, so no weights were saved at {save_path}; "
+                f"nothing can be tested. Check the data and the learning rate.")
+        resume.unlink(missing_ok=True)
+        logger.info(f"Best validation {key} {best_valid:.4f} at epoch {best_epoch}; weights in {save_path}")
+        if args.get("plots", True):
+            self.save_curves(key)
+        return epoch_results if return_epoch_results else None
+
+    def write_sidecar(self, save_path: Path, epoch: int, valid: float) -> None:
+        """``<weights>.json``: the configuration and data the weights were trained with, so that
+        explain / evaluate / robustness rebuild exactly this model."""
+        a = self.args
+        info = {"format": "kuda_mmsa.weights-info/1", "version": __version__, "model": a["model_name"],
+                "dataset": a["dataset_name"], "seed": a.get("seed"), "epoch": epoch, "valid": {a["KeyEval"]: valid},
+                "config": {k: a.get(k) for k in RESULT_KEYS}, "pretrained": a.get("pretrained"),
+                "feature_file": a.get("custom_feature") or a.get("featurePath"),
+                "data": a.get("data_fingerprint")}
+        atomic_write_text(weights_info_path(save_path), json.dumps(plain(info), indent=1))
+
+    def save_curves(self, key):
+        """Training curves PNG next to MMSA's log (never fails the run)."""
+        from .. import plots
+
+        args = self.args
+        folder = Path(args.get("log_dir") or Path(str(args["model_save_path"])).parent)
+        path = folder / f"{args['model_name']}-{args['dataset_name']}-seed{args.get('seed')}-curves.png"
+        try:
+            if plots.save_training_curves(self.history, path, key) is not None:
+                logger.info(f"Training curves: {path}")
+        except Exception as e:
+            logger.warning(f"Training curves not written: {e}")
+
+    # ------------------------------------------------------------------ test
+    def do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
+        p = predict(model, dataloader, self.args["device"], self.precision)
+        results = self.metrics(p.pred, p.labels)
+        results["Loss"] = round(float(self.criterion(p.pred, p.labels)), 4)
+        logger.info(f"{mode}-(kuda) >> " + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
+        if return_sample_results:
+            results.update({"Ids": p.ids, "SResults": p.pred.view(-1).tolist(), "Ratios": p.ratio.tolist(),
+                            "Unimodal": p.unimodal.tolist(), "Labels": p.labels.view(-1).tolist()})
+        return results
