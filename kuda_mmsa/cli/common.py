@@ -104,15 +104,24 @@ def overrides(ns: argparse.Namespace) -> Dict[str, Any]:
     return out
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record is emitted (not when it was made)."""
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def console_logging(verbose: int = 1) -> None:
     """MMSA's logger on stderr for commands that do not go through MMSA_run."""
     logger = logging.getLogger("MMSA")
-    if not any(getattr(h, "_kuda_console", False) for h in logger.handlers):
-        h = logging.StreamHandler()
-        h.setFormatter(logging.Formatter("%(name)s - %(message)s"))
-        h._kuda_console = True
-        logger.addHandler(h)
-    logger.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose), logging.INFO))
+    handler = next((h for h in logger.handlers if isinstance(h, _Stderr)), None)
+    if handler is None:
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(name)s - %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    handler.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose), logging.INFO))
 
 
 def guarded(prog: str, fn: Callable[[], int]) -> int:

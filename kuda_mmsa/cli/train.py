@@ -40,9 +40,12 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
 
 def run(a: argparse.Namespace) -> int:
     register()
+    config = overrides(a)
+    if a.verbose == 0:
+        config.setdefault("progress", False)
     result = MMSA_run(
         model_name=a.model, dataset_name=canonical_name(a.dataset), config_file=a.config or None,
-        config=overrides(a) or None, config_source="command line", seeds=a.seeds, is_tune=a.tune,
+        config=config or None, config_source="command line", seeds=a.seeds, is_tune=a.tune,
         tune_times=a.tune_times, custom_feature=a.feature_file or None, feature_T=a.feature_T,
         feature_A=a.feature_A, feature_V=a.feature_V, model_save_dir=a.model_save_dir or None,
         res_save_dir=a.res_save_dir or None, log_dir=a.log_dir or None, gpu_ids=a.gpu_ids,

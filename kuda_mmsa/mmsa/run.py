@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import random
 import time
 from dataclasses import dataclass, field
@@ -71,7 +72,7 @@ def _add_handlers(log_dir: Path, model_name: str, dataset_name: str, verbose_lev
     fh = logging.FileHandler(log_dir / f"{model_name}-{dataset_name}.log")
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
-    ch = logging.StreamHandler()
+    ch = logging.StreamHandler(sys.stderr)
     ch.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose_level), logging.INFO))
     ch.setFormatter(logging.Formatter("%(name)s - %(message)s"))
     logger.setLevel(logging.DEBUG)

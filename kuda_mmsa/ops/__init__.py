@@ -26,10 +26,17 @@ reference. ``backend()`` reports the choice, e.g. ``{"cpu": "compiled", "cuda": 
 
 Inputs the kernels do not take (mixed q/k/v dtypes, other dtypes, d > 128 on CUDA) run
 the reference (or raise under ``require``).
+
+Tensor cores (opt-in): with ``KUDA_MMSA_TC=1`` (read at every call, so it can be switched at
+run time), fp16/bf16 inputs on an sm_80+ GPU run a FlashAttention-style WMMA kernel (fp32
+accumulation; softmax probabilities and their gradients rounded to the input dtype before
+the tensor-core products, as FlashAttention does); fp32 inputs and older GPUs keep the
+SIMT kernels, which stay the default. ``backend()["cuda_tc"]`` says "on" or "off".
 """
 from __future__ import annotations
 
 import math
+import os
 from typing import Dict, Optional
 
 import torch
@@ -45,9 +52,21 @@ if any(v != "reference" for v in _BACKEND.values()):
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+TC_ENV = "KUDA_MMSA_TC"
+
+
+def tensor_cores_requested() -> bool:
+    """KUDA_MMSA_TC=1 (the C++ side reads the same variable at every call)."""
+    return os.environ.get(TC_ENV, "") == "1"
+
+
 def backend() -> Dict[str, str]:
-    """What runs on each device: "compiled", "jit" or "reference"."""
-    return dict(_BACKEND)
+    """What runs on each device: "compiled", "jit" or "reference"; and "cuda_tc": "on" when
+    fp16/bf16 CUDA inputs take the tensor-core kernels (KUDA_MMSA_TC=1 and a compiled CUDA
+    op; GPUs older than sm_80 still run the SIMT kernels), else "off"."""
+    b = dict(_BACKEND)
+    b["cuda_tc"] = "on" if b.get("cuda", "reference") != "reference" and tensor_cores_requested() else "off"
+    return b
 
 
 def _kernel_takes(q, k, v, weight, key_padding_mask) -> Optional[str]:
@@ -88,4 +107,4 @@ def ratio_cross_attention(
     return ratio_cross_attention_reference(q, k, v, weight, key_padding_mask, scale)
 
 
-__all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "backend"]
+__all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "backend", "tensor_cores_requested"]

@@ -22,7 +22,9 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __init__, an extra
+                       # DataLoader iterator that draws from the shuffle generator (and, with
+                       # workers, prefetches), so results changed with -n
 
 from ..data.loaders import make_loaders
 from ..errors import KudaCheckpointError, KudaStaleStateError, KudaTrainingError

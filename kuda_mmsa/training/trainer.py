@@ -17,7 +17,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __init__, an extra
+                       # DataLoader iterator that draws from the shuffle generator (and, with
+                       # workers, prefetches), so results changed with -n
 
 from .. import __version__
 from ..config.schema import KEYS
