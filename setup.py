@@ -1,7 +1,8 @@
 """Build and install kuda_mmsa.
 
 - kuda_mmsa._C: the C++ op library (CPU kernels always; CUDA kernels when torch has CUDA
-  and a CUDA toolkit is found, FORCE_CUDA=1/0 overrides).
+  and a CUDA toolkit is found, FORCE_CUDA=1/0 overrides; KUDA_MMSA_NO_EXT=1 builds none, and
+  the exact PyTorch reference of the op runs instead).
 - the MMSA start-up hook (a .pth file) for regular and editable installs.
 """
 import glob
@@ -44,7 +45,7 @@ def _extensions():
 
     cpp_sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    if not cpp_sources:
+    if not cpp_sources or os.environ.get("KUDA_MMSA_NO_EXT") == "1":
         return []
     force = os.environ.get("FORCE_CUDA")
     if force is not None:

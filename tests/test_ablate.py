@@ -79,7 +79,7 @@ def test_unknown_variant_is_a_clear_error(tmp_path):
 
 
 def test_variant_registry_covers_the_issue():
-    from kuda_mmsa.cli.ablate import VARIANTS
+    from kuda_mmsa.cli.variants import VARIANTS
 
     assert VARIANTS["kuda_reference"].config == {"fusion_mode": "reference"}
     assert VARIANTS["kuda_static"].config == {"use_ratio": False}

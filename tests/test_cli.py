@@ -141,3 +141,9 @@ def test_kuda_on_tiny_demo_end_to_end(tmp_path, tiny_demo_pickle):
     df = pd.read_csv(tmp_path / "r" / "normal" / "demo.csv")
     assert list(df["Model"]) == ["kuda"]
     assert (tmp_path / "m" / "kuda-demo.pth").is_file()
+
+
+def test_unknown_command_is_a_clear_error(capsys):
+    assert main(["evaluat", "--weights", "w.pth"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'evaluat'" in err and "pretrain" in err and "Traceback" not in err

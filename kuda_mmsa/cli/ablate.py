@@ -10,7 +10,7 @@ test split at the epoch selected on the validation set), kept at full precision.
 seeds). Resumable: a (variant, seed) already in ablation.csv is not run again. For KuDA
 variants on data annotated 'dominant:<modality>' (the demo data) ``DomFrac`` is the fraction
 of test samples whose largest ratio is on the annotated dominant modality. Variants are a
-registry (``VARIANTS``, ``register_variant``).
+registry (kuda_mmsa.cli.variants).
 """
 from __future__ import annotations
 
@@ -20,9 +20,8 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Iterable, List, Optional
 
 import numpy as np
 
@@ -35,54 +34,13 @@ from ..mmsa.run import MMSA_run
 from ..training.evaluation import dominant_fraction
 from .common import add_flags, guarded, overrides
 from .explain import collect
+from .variants import DEFAULT_VARIANTS, VARIANTS, Variant
 
 logger = logging.getLogger("MMSA")
 
 DEFAULT_SEEDS = (1111, 1112, 1113)
 ID_COLUMNS = ["variant", "model", "seed"]
 EXTRA_COLUMNS = ["DomFrac", "seconds"]
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    model: str                                   # MMSA model name
-    config: Dict = field(default_factory=dict)   # overrides of the model's config
-    description: str = ""
-
-    @property
-    def is_kuda(self) -> bool:
-        return self.model == "kuda"
-
-
-VARIANTS: Dict[str, Variant] = {}
-
-
-def register_variant(v: Variant) -> Variant:
-    VARIANTS[v.name] = v
-    return v
-
-
-for _v in (
-    Variant("kuda", "kuda", {}, "KuDA as configured, dynamic fusion"),
-    Variant("kuda_reference", "kuda", {"fusion_mode": "reference"},
-            "the authors' computation (label ratio in training, none at evaluation)"),
-    Variant("kuda_static", "kuda", {"use_ratio": False}, "static fusion: every modality weight 1"),
-    Variant("kuda_no_knowledge", "kuda", {"use_knowledge": False},
-            "no stage-1 knowledge: adapters and decoders from scratch"),
-    Variant("kuda_no_ce", "kuda", {"ce_weight": 0.0}, "no correlation-estimation loss"),
-    Variant("kuda_consensus", "kuda", {"ratio_source": "consensus"}, "ratio target = mean unimodal score"),
-    Variant("kuda_estimate", "kuda", {"ratio_source": "estimate"}, "ratio target = learned label-free estimate"),
-    Variant("kuda_prediction", "kuda", {"ratio_source": "prediction"},
-            "ratio target = the network's own static-fusion prediction"),
-    Variant("lf_dnn", "lf_dnn", {}, "MMSA LF-DNN"),
-    Variant("tfn", "tfn", {}, "MMSA TFN"),
-    Variant("self_mm", "self_mm", {}, "MMSA Self-MM (BERT = the dataset's text encoder)"),
-):
-    register_variant(_v)
-
-DEFAULT_VARIANTS = ("kuda", "kuda_reference", "kuda_static", "kuda_no_knowledge", "kuda_no_ce",
-                    "kuda_consensus", "kuda_estimate", "lf_dnn", "tfn", "self_mm")
 
 
 # ---------------------------------------------------------------------- CSV and table

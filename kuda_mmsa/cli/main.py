@@ -30,6 +30,10 @@ def main(argv=None, prog: str = None) -> int:
     if argv and argv[0] in COMMANDS:
         name = argv.pop(0)
         return COMMANDS[name].main(argv, prog=f"{prog} {name}")
+    if argv and not argv[0].startswith("-"):
+        print(f"{prog}: error: unknown command '{argv[0]}'; commands: {', '.join(COMMANDS)} (train is the "
+              f"default: {prog} -m kuda -d demo).", file=sys.stderr)
+        return 2
     if argv[:1] in (["-h"], ["--help"]):
         print(USAGE.format(prog=prog))
     return train.main(argv, prog=prog)

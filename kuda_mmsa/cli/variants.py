@@ -1,0 +1,48 @@
+"""The variants the ablation runner (and the reproduction command) can run: KuDA with one
+config change each, and stock MMSA models. A registry: add one with ``register_variant``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: str                                   # MMSA model name
+    config: Dict = field(default_factory=dict)   # overrides of the model's config
+    description: str = ""
+
+    @property
+    def is_kuda(self) -> bool:
+        return self.model == "kuda"
+
+
+VARIANTS: Dict[str, Variant] = {}
+
+
+def register_variant(v: Variant) -> Variant:
+    VARIANTS[v.name] = v
+    return v
+
+
+for _v in (
+    Variant("kuda", "kuda", {}, "KuDA as configured, dynamic fusion"),
+    Variant("kuda_reference", "kuda", {"fusion_mode": "reference"},
+            "the authors' computation (label ratio in training, none at evaluation)"),
+    Variant("kuda_static", "kuda", {"use_ratio": False}, "static fusion: every modality weight 1"),
+    Variant("kuda_no_knowledge", "kuda", {"use_knowledge": False},
+            "no stage-1 knowledge: adapters and decoders from scratch"),
+    Variant("kuda_no_ce", "kuda", {"ce_weight": 0.0}, "no correlation-estimation loss"),
+    Variant("kuda_consensus", "kuda", {"ratio_source": "consensus"}, "ratio target = mean unimodal score"),
+    Variant("kuda_estimate", "kuda", {"ratio_source": "estimate"}, "ratio target = learned label-free estimate"),
+    Variant("kuda_prediction", "kuda", {"ratio_source": "prediction"},
+            "ratio target = the network's own static-fusion prediction"),
+    Variant("lf_dnn", "lf_dnn", {}, "MMSA LF-DNN"),
+    Variant("tfn", "tfn", {}, "MMSA TFN"),
+    Variant("self_mm", "self_mm", {}, "MMSA Self-MM (BERT = the dataset's text encoder)"),
+):
+    register_variant(_v)
+
+DEFAULT_VARIANTS = ("kuda", "kuda_reference", "kuda_static", "kuda_no_knowledge", "kuda_no_ce",
+                    "kuda_consensus", "kuda_estimate", "lf_dnn", "tfn", "self_mm")
