@@ -186,3 +186,46 @@ def sample_panels(rows: List[Dict], path) -> Optional[Path]:
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
     fig.suptitle("Unimodal scores (solid) and sentiment ratios (hatched) per sample", fontsize=10)
     return _save(fig, plt, path, layout=False)
+
+
+def robustness_curves(rows: List[Dict], path, corruption: str, group: str = "model",
+                      metrics: Sequence[str] = ("MAE", "Corr"), title: Optional[str] = None) -> Optional[Path]:
+    """Metric against corruption rate for one corruption kind: one panel per (metric,
+    modality), one line per ``group`` value (mean over seeds) with a band (min..max over seeds)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    import numpy as np
+
+    rows = [r for r in rows if r["corruption"] == corruption]
+    modalities = [m for m in "TVA" if any(r["modality"] == m for r in rows)]
+    names = list(dict.fromkeys(str(r[group]) for r in rows))
+    if not rows or not modalities:
+        return None
+    fig, axes = plt.subplots(len(metrics), len(modalities), figsize=(4.2 * len(modalities), 3.3 * len(metrics)),
+                             squeeze=False, sharex=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    full = {"T": "text", "V": "vision", "A": "audio"}
+    for j, m in enumerate(modalities):
+        for i, metric in enumerate(metrics):
+            ax = axes[i][j]
+            for k, name in enumerate(names):
+                mine = [r for r in rows if str(r[group]) == name and r["modality"] == m]
+                rates = sorted({float(r["rate"]) for r in mine})
+                vals = [[float(r[metric]) for r in mine if float(r["rate"]) == x] for x in rates]
+                mean = np.array([np.mean(v) for v in vals])
+                lo, hi = np.array([np.min(v) for v in vals]), np.array([np.max(v) for v in vals])
+                color = colors[k % len(colors)]
+                ax.plot(rates, mean, "o-", color=color, label=name, linewidth=1.6, markersize=4)
+                ax.fill_between(rates, lo, hi, color=color, alpha=0.15, linewidth=0)
+            ax.set_title(f"{full[m]} {corruption}", fontsize=10)
+            ax.set_ylabel(metric + (" (lower is better)" if metric in ("MAE", "Loss") else " (higher is better)"),
+                          fontsize=9)
+            ax.grid(alpha=0.3)
+            if i == len(metrics) - 1:
+                ax.set_xlabel("share of test samples corrupted")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 6), fontsize=9, frameon=False)
+    fig.suptitle(title or f"Test-time corruption: {corruption} (mean over seeds, band = min..max)", fontsize=11)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return _save(fig, plt, path, layout=False)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 
-from . import ablate, config_cmd, explain, pretrain, train
+from . import ablate, config_cmd, explain, pretrain, robustness, train
 
 USAGE = """commands:
   {prog} [train] -m kuda -d demo -s 1111   train and test (MMSA's flags; the default command)
   {prog} pretrain -d sims2                 stage 1: knowledge checkpoints
   {prog} explain --weights W               per-sample ratios, predictions and plots
   {prog} ablate -d demo -s 1111            KuDA variants and MMSA peers, mean ± std over seeds
+  {prog} robustness --weights W            test-time corruption (missing, noise, swap) of one modality
   {prog} config show -d sims2              the effective config and where each value came from
   {prog} config keys                       every key: type, range, default, help
 """
@@ -21,6 +22,7 @@ COMMANDS = {
     "explain": explain,
     "ablate": ablate,
     "config": config_cmd,
+    "robustness": robustness,
 }
 
 

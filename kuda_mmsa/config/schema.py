@@ -65,6 +65,9 @@ KEYS: List[Key] = [
            "k in r_m = exp(-k (s_m - s)^2) for the agreement sources (consensus, estimate, "
            "prediction, label); with reliability, the temperature of the reliability softmax.",
            **_POS),
+    _model("ratio_agreement", "float", 1.0,
+           "a in the reliability rule: how much a modality that disagrees with the others' median "
+           "(in units of their typical error) is lowered; 0 = inverse-variance weighting alone.", **_NONNEG),
     _model("use_ratio", "bool", True, "false = static fusion: every modality weighted 1."),
     _model("use_knowledge", "bool", True,
            "false = no stage-1 knowledge: adapters and decoders start from random weights and "

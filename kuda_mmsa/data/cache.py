@@ -11,6 +11,7 @@ from pathlib import Path
 from ..files import atomic_path
 from . import safe_pickle
 from .demo import DEFAULTS, GENERATOR_VERSION, facts_of, make_demo_splits
+from .families import FAMILIES, make_family
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -23,14 +24,13 @@ def cache_root(cache_dir=None) -> Path:
     return Path.home() / ".cache" / "kuda_mmsa"
 
 
-def _params_tag(params: dict) -> str:
-    full = dict(DEFAULTS)
+def _params_tag(params: dict, defaults: dict, what: str) -> str:
+    full = dict(defaults)
     unknown = set(params) - set(full)
     if unknown:
-        raise TypeError(f"unknown demo data parameters: {sorted(unknown)}; "
-                        f"known: {sorted(full)}")
+        raise TypeError(f"unknown {what} parameters: {sorted(unknown)}; known: {sorted(full)}")
     full.update(params)
-    if full == DEFAULTS:
+    if full == defaults:
         return "default"
     blob = json.dumps(full, sort_keys=True).encode()
     return hashlib.sha1(blob).hexdigest()[:10]
@@ -43,22 +43,32 @@ def atomic_write_bytes(path: Path, blob: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def ensure_demo_data(cache_dir=None, **params) -> Path:
-    """Path of the demo pickle for these generator parameters (defaults: DEFAULTS),
-    generating it atomically (temp file + rename) on first use. A JSON sidecar with
-    its facts (shapes, split sizes) is written next to it."""
-    tag = _params_tag(params)
-    folder = cache_root(cache_dir) / "demo"
-    path = folder / f"demo-v{GENERATOR_VERSION}-{tag}.pkl"
+def _ensure_generated(name: str, build, defaults: dict, params: dict, cache_dir) -> Path:
+    """Path of a generated pickle for these parameters, generated atomically (temp file +
+    rename) on first use, with a JSON sidecar of its facts (shapes, split sizes)."""
+    tag = _params_tag(params, defaults, f"{name} data")
+    path = cache_root(cache_dir) / "demo" / f"{name}-v{GENERATOR_VERSION}-{tag}.pkl"
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file():
         return path
-    data = make_demo_splits(**params)
+    data = build(**params)
     facts = facts_of(data)
-    facts["generator"] = {"version": GENERATOR_VERSION, **dict(DEFAULTS, **params)}
+    facts["generator"] = {"name": name, "version": GENERATOR_VERSION, **dict(defaults, **params)}
     atomic_write_bytes(path, pickle.dumps(data, protocol=4))
     atomic_write_bytes(meta, json.dumps(facts, indent=1).encode())
     return path
+
+
+def ensure_demo_data(cache_dir=None, **params) -> Path:
+    """Path of the demo pickle for these generator parameters (defaults: DEFAULTS)."""
+    return _ensure_generated("demo", make_demo_splits, DEFAULTS, params, cache_dir)
+
+
+def ensure_family_data(family: str, cache_dir=None, **params) -> Path:
+    """Path of a generated family's pickle (kuda_mmsa.data.families; defaults: FAMILIES)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; families: {sorted(FAMILIES)}")
+    return _ensure_generated(family, lambda **p: make_family(family, **p), FAMILIES[family], params, cache_dir)
 
 
 def demo_facts(path) -> dict:

@@ -42,6 +42,7 @@ class FeatureSpec:
     require_unimodal_labels: bool = False  # stage 1 needs regression_labels_T/_A/_V
     splits: Sequence[str] = SPLITS
     missing_hint: str = ""
+    min_length: int = 0                    # 1 for MMSA's sequence encoders, which cannot take an empty sequence
 
 
 class KudaMMDataset(Dataset):
@@ -190,6 +191,8 @@ def read_features(spec: FeatureSpec) -> FeatureSet:
             v_len = v_len.reshape(-1) if v_len.size == n else v_len
             check_lengths(a_len, audio.shape[1], n, path_A, split, "audio_lengths")
             check_lengths(v_len, vision.shape[1], n, path_V, split, "vision_lengths")
+            if spec.min_length:
+                a_len, v_len = np.maximum(a_len, spec.min_length), np.maximum(v_len, spec.min_length)
         if spec.normalized:
             # MMSA's behaviour for the non-sequence baselines: mean over all frames.
             audio = audio.mean(axis=1, keepdims=True)

@@ -61,7 +61,9 @@ def feature_spec(args, require_unimodal_labels: bool = False) -> FeatureSpec:
                                            ("V", _get(args, "feature_V", ""))) if p},
         vocab_size=vocab, encoder_name=str(pretrained or ""),
         label_range=tuple(label_range) if label_range else None,
-        require_unimodal_labels=require_unimodal_labels, missing_hint=missing_file_hint(args))
+        require_unimodal_labels=require_unimodal_labels, missing_hint=missing_file_hint(args),
+        # KuDA reads length 0 as a missing modality; MMSA's sequence encoders need one step
+        min_length=0 if _get(args, "model_name", "") == "kuda" else 1)
 
 
 def load_features(args, require_unimodal_labels: bool = False):

@@ -20,7 +20,8 @@ from ..training.checkpoints import (KNOWLEDGE_FORMAT, RESUME_FORMAT, STAGE1_PART
 from .args import build_args
 from .datasets import canonical_name
 from .loader import load_features
-from .patches import AMIO
+from ..data import text_encoder_vocab_size
+from .patches import AMIO, ATIO
 
 OTHER_FORMATS = {
     RESUME_FORMAT: "the saved state of an interrupted training run (.resume), not trained weights: "
@@ -83,3 +84,22 @@ def load_trained(weights, dataset: Optional[str] = None, config_file=None, featu
     load_state_checked(model, state, weights, "The weights file",
                        "the training command with the same -c / --pretrained / data", made_with=None)
     return args, features, model.to(args.device).eval()
+
+
+def tester_for(args, features=None, model=None):
+    """Evaluation of a finished run's saved weights (args as MMSA_run built them, KuDA or a
+    stock model; or a model already loaded): (test split, test_fn(loader) -> MMSA metrics,
+    corruption options)."""
+    features = features or load_features(args)
+    if model is None:
+        model = AMIO(args)
+        model.load_state_dict(read_checkpoint(args["model_save_path"], "The weights file"))
+    model.to(args["device"]).eval()
+    trainer = ATIO().getTrain(args)
+
+    def test_fn(loader):
+        return trainer.do_test(model, loader, mode="TEST")
+
+    options = {"vocab_size": text_encoder_vocab_size(args.get("pretrained")) if args.get("use_bert") else None,
+               "min_length": 0 if args["model_name"] == "kuda" else 1, "bert_text": bool(args.get("use_bert"))}
+    return features["test"], test_fn, options

@@ -2,9 +2,16 @@
 
 forward(text, audio, vision, audio_lengths=None, vision_lengths=None, labels=None) returns
 {'M': [B,1] prediction, 'T', 'V', 'A': [B,1] unimodal scores, 'ratio': [B,3] (T, V, A),
- 'ce': correlation-estimation loss (unweighted scalar)}; with ratio_source 'estimate' or
-'prediction' also 'estimate' [B,1] (the ratio's target) and, given labels, 'aux' (the
-estimate's MSE, added to the loss).
+ 'present': [B,3] bool, 'ce': correlation-estimation loss (unweighted scalar)}; with
+ratio_source 'estimate' or 'prediction' also 'estimate' [B,1] (the ratio's target), with
+'reliability' also 'log_var' [B,3]; given labels, 'aux' (the auxiliary losses of those, added
+to the loss by the trainer).
+
+A missing modality is one with no valid step: vision/audio length 0, or a text whose attention
+mask is all zero (``present`` false). In dynamic mode it gets ratio 0 (its message is not
+added), it does not enter the first fused sequence F0, and the correlation-estimation loss
+skips it. ``modality_dropout`` makes modalities missing at random in training so the model
+learns that case; static fusion and reference mode weigh every modality 1 as the paper does.
 """
 from typing import Any, Dict, Mapping, Optional
 
@@ -16,7 +23,7 @@ from .encoders import build_branch
 from .fusion import DAFBlock, LengthAlignment
 from .layers import masked_mean
 from .losses import correlation_estimation_loss
-from .ratio import RATIO_TARGETS, RatioEstimator, sentiment_ratio
+from .ratio import RATIO_TARGETS, RatioEstimator, ReliabilityHeads, reliability_ratio, sentiment_ratio
 
 
 class OutputHead(nn.Module):
@@ -48,6 +55,8 @@ class KuDA(nn.Module):
         self.blocks = nn.ModuleList(DAFBlock(config, len(MODALITIES)) for _ in range(config.fusion_layers))
         self.head = OutputHead(config.hidden_size, config.head_sizes)
         self.ratio_estimator = RatioEstimator(len(MODALITIES)) if config.ratio_source == "estimate" else None
+        self.reliability = (ReliabilityHeads([self.branches[m].out_width for m in MODALITIES])
+                            if config.ratio_source == "reliability" else None)
         if config.gradient_checkpointing:
             self.enable_gradient_checkpointing()
 
@@ -83,7 +92,8 @@ class KuDA(nn.Module):
             p.requires_grad_(False)
 
     # ------------------------------------------------------------------ ratio
-    def _ratio(self, scores: torch.Tensor, labels: Optional[torch.Tensor], estimate: Optional[torch.Tensor]):
+    def _ratio(self, scores: torch.Tensor, labels: Optional[torch.Tensor], estimate: Optional[torch.Tensor],
+               log_var: Optional[torch.Tensor], present: torch.Tensor):
         """Returns (weight for the attention op [B, M], reference-mode ratio or None, ratio to report)."""
         b, m = scores.shape
         ones = scores.new_ones(b, m)
@@ -99,18 +109,64 @@ class KuDA(nn.Module):
                 return ones, r, r
             return ones, None, uniform
         source = cfg.ratio_source
-        if source == "label" and not (self.training and labels is not None):
-            source = "consensus"  # the label ablation has no label at evaluation
-        r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate), cfg.ratio_k)
+        if source == "reliability":
+            r = reliability_ratio(scores, log_var.detach(), present, cfg.ratio_agreement)
+        else:
+            if source == "label" and not (self.training and labels is not None):
+                source = "consensus"  # the label ablation has no label at evaluation
+            r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate), cfg.ratio_k, present)
         return m * r, None, r
+
+    # ------------------------------------------------------------------ missing modalities
+    @staticmethod
+    def presence(text: torch.Tensor, audio_lengths: Optional[torch.Tensor],
+                 vision_lengths: Optional[torch.Tensor]) -> torch.Tensor:
+        """[B, 3] bool (T, V, A): the modality has at least one valid step."""
+        b = text.shape[0]
+        t = text[:, 1].sum(dim=1) > 0
+        v = vision_lengths.to(t.device) > 0 if vision_lengths is not None else torch.ones(b, dtype=torch.bool,
+                                                                                          device=t.device)
+        a = audio_lengths.to(t.device) > 0 if audio_lengths is not None else torch.ones(b, dtype=torch.bool,
+                                                                                        device=t.device)
+        return torch.stack([t, v, a], dim=-1)
+
+    def _drop_modalities(self, text, audio, vision, audio_lengths, vision_lengths, present):
+        """modality_dropout: each present modality of a training sample goes missing with
+        probability p, never all of a sample's modalities."""
+        p = self.config.modality_dropout
+        drop = (torch.rand(present.shape, device=present.device) < p) & present
+        keep_one = present.any(dim=-1) & ~(present & ~drop).any(dim=-1)
+        if keep_one.any():   # restore one modality at random where all present ones would go
+            pick = torch.multinomial(present[keep_one].float(), 1).squeeze(-1)
+            drop[keep_one] = drop[keep_one].scatter(-1, pick[:, None], False)
+        if not drop.any():
+            return text, audio, vision, audio_lengths, vision_lengths, present
+        b = text.shape[0]
+        if audio_lengths is None:
+            audio_lengths = torch.full((b,), audio.shape[1], device=audio.device)
+        if vision_lengths is None:
+            vision_lengths = torch.full((b,), vision.shape[1], device=vision.device)
+        d_t, d_v, d_a = (drop[:, i] for i in range(3))
+        text = text.masked_fill(d_t[:, None, None], 0)
+        vision = vision.masked_fill(d_v[:, None, None], 0)
+        audio = audio.masked_fill(d_a[:, None, None], 0)
+        vision_lengths = vision_lengths.masked_fill(d_v.to(vision_lengths.device), 0)
+        audio_lengths = audio_lengths.masked_fill(d_a.to(audio_lengths.device), 0)
+        return text, audio, vision, audio_lengths, vision_lengths, present & ~drop
 
     @property
     def _first_pass(self) -> bool:
         cfg = self.config
         return self.dynamic and cfg.use_ratio and cfg.ratio_source == "prediction"
 
-    def _fuse(self, sources, weight, text_pad, reference_ratio):
-        f = sum(sources)
+    def _fuse(self, sources, weight, text_pad, reference_ratio, present=None):
+        if present is not None and self.dynamic:
+            # F0 over the present modalities, scaled to the same total as with all of them
+            w = present.to(sources[0].dtype)
+            scale = w.shape[1] / w.sum(-1).clamp(min=1)
+            f = sum(h * (w[:, i] * scale)[:, None, None] for i, h in enumerate(sources))
+        else:
+            f = sum(sources)
         for block in self.blocks:
             f = block(f, sources, weight.to(f.dtype), text_pad, reference_ratio)
         return f
@@ -119,7 +175,12 @@ class KuDA(nn.Module):
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
                 audio_lengths: Optional[torch.Tensor] = None, vision_lengths: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        cfg = self.config
         masked = self.dynamic
+        present = self.presence(text, audio_lengths, vision_lengths)
+        if self.training and cfg.modality_dropout > 0:
+            text, audio, vision, audio_lengths, vision_lengths, present = self._drop_modalities(
+                text, audio, vision, audio_lengths, vision_lengths, present)
         inputs = {"T": (text,), "V": (vision, vision_lengths), "A": (audio, audio_lengths)}
         units, scores, pads = {}, {}, {}
         for m in MODALITIES:
@@ -127,28 +188,39 @@ class KuDA(nn.Module):
 
         text_pad = pads["T"] if masked else None
         sources = [self.align[m](units[m], pads[m] if masked else None) for m in MODALITIES]
+        present_or_none = present if masked else None
 
         unimodal = torch.cat([scores[m] for m in MODALITIES], dim=-1)
         estimate = self.ratio_estimator(unimodal) if self.ratio_estimator is not None else None
+        log_var = None
+        if self.reliability is not None:
+            log_var = self.reliability([masked_mean(units[m], pads[m] if masked else None) for m in MODALITIES])
         if self._first_pass:
             # ratio_source 'prediction': the static-fusion prediction of the same network.
             estimate = self.head(masked_mean(self._fuse(sources, unimodal.new_ones(unimodal.shape),
-                                                        text_pad, None), text_pad))
-        weight, reference_ratio, ratio = self._ratio(unimodal, labels, estimate)
-        f = self._fuse(sources, weight, text_pad, reference_ratio)
+                                                        text_pad, None, present_or_none), text_pad))
+        weight, reference_ratio, ratio = self._ratio(unimodal, labels, estimate, log_var, present)
+        f = self._fuse(sources, weight, text_pad, reference_ratio, present_or_none)
 
         fused = masked_mean(f, text_pad)
-        ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused)
+        ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused, present_or_none)
         out = {
             "M": self.head(fused),
             "T": scores["T"], "V": scores["V"], "A": scores["A"],
-            "ratio": ratio,
+            "ratio": ratio, "present": present,
             "ce": ce,
         }
+        aux = []
         if estimate is not None:
             out["estimate"] = estimate
             if labels is not None:  # auxiliary loss of the label-free ratio estimator
-                out["aux"] = torch.nn.functional.mse_loss(estimate, labels.reshape(-1, 1).to(estimate.dtype))
+                aux.append(torch.nn.functional.mse_loss(estimate, labels.reshape(-1, 1).to(estimate.dtype)))
+        if log_var is not None:
+            out["log_var"] = log_var
+            if labels is not None:  # the reliability heads learn each modality's error variance
+                aux.append(ReliabilityHeads.nll(log_var, unimodal, labels, present))
+        if aux:
+            out["aux"] = sum(aux)
         return out
 
 

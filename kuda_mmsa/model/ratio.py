@@ -1,7 +1,23 @@
-"""Sentiment ratio (KuDA paper, method section: sentiment knowledge guiding): R_m = softmax_m(-k (s_m - s)^2), i.e.
-r_m = exp(-k (s_m - s)^2) normalised over the modalities.
+"""Sentiment ratio: how much each modality counts for a sample.
 
-Where the target s comes from is a registry, so ablations add sources without touching the
+The paper's rule (KuDA paper, method section: sentiment knowledge guiding) is agreement with
+a target score s: R_m = softmax_m(-k (s_m - s)^2). It is not scale-free: the same k means
+something else on SIMS' [-1, 1] labels and MOSI's [-3, 3], and k = 0.1 on [-1, 1] keeps every
+weight within 3 % of uniform.
+
+``reliability`` (ours, the default in dynamic mode) is scale-free and reacts to corrupted
+inputs. Each modality predicts, from its own representation, the log of its expected squared
+error against the overall label, v_m (a small head trained with a Gaussian negative
+log-likelihood on detached inputs); the ratio is inverse-variance weighting, lowered for a
+modality that disagrees with the others by more than their typical error:
+
+    R_m ∝ present_m · exp( -v_m - a · (s_m - c)^2 / exp(mean_m v_m) ),
+
+c the median of the present modalities' scores, a = ``ratio_agreement``. Scaling the labels
+by c (and so the scores by c and exp(v) by c^2) or shifting them leaves R unchanged. A missing
+modality (``present`` false) gets R = 0 under every dynamic source.
+
+The agreement targets s are a registry, so ablations add sources without touching the
 model. Each entry takes (scores [B, M], labels [B, 1] or None, estimate [B, 1] or None):
 - `consensus`: label-free, the mean unimodal score;
 - `estimate`: label-free, a small learned estimator of the overall score from the unimodal
@@ -59,6 +75,66 @@ class RatioEstimator(nn.Module):
         return self.mlp(scores.detach())
 
 
-def sentiment_ratio(scores: torch.Tensor, target: torch.Tensor, k: float) -> torch.Tensor:
-    """scores [B, M] unimodal predictions, target [B, 1] -> ratios [B, M] summing to 1."""
-    return torch.softmax(-k * (scores - target) ** 2, dim=-1)
+def sentiment_ratio(scores: torch.Tensor, target: torch.Tensor, k: float,
+                    present: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """scores [B, M] unimodal predictions, target [B, 1] -> ratios [B, M] summing to 1
+    (over the present modalities when ``present`` [B, M] bool is given)."""
+    return masked_softmax(-k * (scores - target) ** 2, present)
+
+
+def masked_softmax(logits: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:
+    """softmax over the last dim restricted to ``present``; a row with none present is uniform."""
+    if present is None:
+        return torch.softmax(logits, dim=-1)
+    none = ~present.any(dim=-1, keepdim=True)
+    keep = present | none
+    return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+
+
+def present_median(scores: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:
+    """[B, 1] median of each row over the present entries (mean of the two middle ones when
+    their number is even; 0 when none is present)."""
+    if present is None:
+        present = torch.ones_like(scores, dtype=torch.bool)
+    count = present.sum(dim=-1, keepdim=True)
+    ordered = scores.masked_fill(~present, float("inf")).sort(dim=-1).values
+    lo = ((count - 1).clamp(min=0) // 2)
+    hi = (count // 2).clamp(max=scores.shape[-1] - 1)
+    mid = (ordered.gather(-1, lo) + ordered.gather(-1, hi)) / 2
+    return torch.where(count > 0, mid, torch.zeros_like(mid))
+
+
+def reliability_ratio(scores: torch.Tensor, log_var: torch.Tensor, present: Optional[torch.Tensor],
+                      agreement: float) -> torch.Tensor:
+    """The ``reliability`` rule (module docstring): scores, log_var [B, M] -> R [B, M]."""
+    if present is None:
+        present = torch.ones_like(scores, dtype=torch.bool)
+    center = present_median(scores, present)
+    weight = present.to(log_var.dtype)
+    mean_v = (log_var * weight).sum(-1, keepdim=True) / weight.sum(-1, keepdim=True).clamp(min=1)
+    z2 = (scores - center) ** 2 / torch.exp(mean_v)
+    return masked_softmax(-log_var - agreement * z2, present)
+
+
+class ReliabilityHeads(nn.Module):
+    """v_m = log of modality m's expected squared error against the overall label, from its
+    own pooled representation (detached: the heads estimate, they do not shape the encoders)."""
+
+    def __init__(self, widths, hidden: int = 32):
+        super().__init__()
+        self.heads = nn.ModuleList(
+            nn.Sequential(nn.Linear(w, hidden), nn.GELU(), nn.Linear(hidden, 1)) for w in widths)
+
+    def forward(self, pooled) -> torch.Tensor:
+        return torch.cat([h(x.detach().float()) for h, x in zip(self.heads, pooled)], dim=-1)
+
+    @staticmethod
+    def nll(log_var: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
+            present: Optional[torch.Tensor]) -> torch.Tensor:
+        """Gaussian negative log-likelihood of each modality's error (s_m - y), present ones only."""
+        err2 = (scores.detach().float() - labels.reshape(-1, 1).float()) ** 2
+        terms = err2 * torch.exp(-log_var) + log_var
+        if present is None:
+            return terms.mean()
+        w = present.to(terms.dtype)
+        return (terms * w).sum() / w.sum().clamp(min=1)

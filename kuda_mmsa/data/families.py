@@ -1,0 +1,105 @@
+"""Generated families of MMSA-format data for checking claims about the model on data it was
+not tuned on (the demo is a showcase, not the evidence). Each family has dims, lengths and
+split sizes unlike the demo's, the demo's vocabulary (so the tiny local BERT reads its text)
+and labels in [-1, 1] (SIMS metrics):
+
+- ``dominant``: per sample a different modality carries the label (s = y); one of the others
+  agrees weakly (0.4 y + noise), one conflicts (-0.6 y + noise), as in the demo;
+- ``noisy``: every modality carries the label (s = y + small noise), but for ``corrupt_share``
+  of the samples one random modality is pure noise: text of random tokens, frames of
+  unstructured Gaussian noise; its unimodal label is 0 (it carries no sentiment);
+- ``missing``: every modality carries the label, but for ``corrupt_share`` of the samples one
+  random modality is missing: empty text (all padding) or length 0 and zero frames; its
+  unimodal label is 0.
+
+``annotations`` says which modality dominates, is noise or is missing ('dominant:vision',
+'noisy:audio', 'missing:text', 'clean'). Everything is a function of the arguments.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import vocab as V
+from .demo import MODALITIES, SPLITS, _frames, _text, _unimodal_scores
+
+FAMILIES = {
+    "dominant": dict(n_train=480, n_valid=120, n_test=240, text_len=16, vision_len=40, vision_dim=12,
+                     audio_len=60, audio_dim=24, text_dim=32, seed=101),
+    "noisy": dict(n_train=540, n_valid=135, n_test=180, text_len=20, vision_len=24, vision_dim=30,
+                  audio_len=36, audio_dim=10, text_dim=32, seed=202, corrupt_share=0.4),
+    "missing": dict(n_train=420, n_valid=105, n_test=210, text_len=18, vision_len=28, vision_dim=16,
+                    audio_len=50, audio_dim=14, text_dim=32, seed=303, corrupt_share=0.4),
+}
+
+
+def _agreeing_scores(rng, n):
+    y = np.round(rng.uniform(-1.0, 1.0, size=n) * 5.0) / 5.0
+    s = np.clip(y[:, None] + rng.normal(0.0, 0.1, size=(n, 3)), -1.0, 1.0)
+    return y.astype(np.float32), s.astype(np.float32)
+
+
+def make_family(name: str, **overrides) -> dict:
+    """The family ``name`` (FAMILIES, parameters overridable) as MMSA's pickle layout."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}; families: {sorted(FAMILIES)}")
+    p = dict(FAMILIES[name], **overrides)
+    master = np.random.default_rng(p["seed"])
+    dirs = []
+    for dim in (p["vision_dim"], p["audio_dim"]):
+        d = master.normal(0.0, 1.0, size=dim)
+        dirs.append(d * 1.5 / np.sqrt((d ** 2).mean()))
+    embed = master.normal(0.0, 0.5, size=(V.VOCAB_SIZE, p["text_dim"])).astype(np.float32)
+    embed[V.PAD_ID] = 0.0
+    data = {}
+    for k, (split, n) in enumerate(zip(SPLITS, (p["n_train"], p["n_valid"], p["n_test"]))):
+        rng = np.random.default_rng([p["seed"], k + 1])
+        if name == "dominant":
+            y, dominant, s = _unimodal_scores(rng, n)
+            which = dominant
+            ann = np.array([f"dominant:{MODALITIES[d]}" for d in dominant], dtype=object)
+        else:
+            y, s = _agreeing_scores(rng, n)
+            which = np.where(rng.random(n) < p["corrupt_share"], rng.integers(0, 3, size=n), -1)
+            s[which >= 0, which[which >= 0]] = 0.0
+            ann = np.array([f"{name}:{MODALITIES[w]}" if w >= 0 else "clean" for w in which], dtype=object)
+        raw, text_bert, text = _text(rng, s[:, 0], p["text_len"], p["text_dim"], embed)
+        vision, v_len = _frames(rng, s[:, 1], p["vision_len"], p["vision_dim"], dirs[0])
+        audio, a_len = _frames(rng, s[:, 2], p["audio_len"], p["audio_dim"], dirs[1])
+        if name != "dominant":
+            _corrupt(name, rng, which, text_bert, text, embed, (vision, v_len), (audio, a_len), raw)
+        data[split] = {
+            "raw_text": np.array(raw, dtype=object),
+            "id": np.array([f"{name}_{split}_{i:05d}" for i in range(n)], dtype=object),
+            "text": text, "text_bert": text_bert, "audio": audio, "vision": vision,
+            "audio_lengths": a_len, "vision_lengths": v_len,
+            "regression_labels": y,
+            "classification_labels": np.where(y < 0, 0, np.where(y > 0, 2, 1)).astype(np.int64),
+            "annotations": ann,
+            "regression_labels_T": s[:, 0].copy(), "regression_labels_V": s[:, 1].copy(),
+            "regression_labels_A": s[:, 2].copy(),
+        }
+    return data
+
+
+def _corrupt(name, rng, which, text_bert, text, embed, vision, audio, raw):
+    """Pure noise or a missing modality for the samples where ``which`` names one."""
+    for i in np.flatnonzero(which >= 0):
+        m = which[i]
+        if m == 0:
+            length = int(text_bert[i, 1].sum())
+            if name == "missing":
+                text_bert[i] = 0
+                text[i] = 0
+                raw[i] = ""
+            else:                      # random tokens from the whole vocabulary, specials kept
+                ids = rng.integers(5, V.VOCAB_SIZE, size=max(length - 2, 0))
+                text_bert[i, 0, 1:length - 1] = ids
+                text[i, :length] = embed[text_bert[i, 0, :length].astype(int)]
+                raw[i] = " ".join(V.TOKENS[j] for j in ids)
+        else:
+            frames, lengths = vision if m == 1 else audio
+            if name == "missing":
+                frames[i] = 0
+                lengths[i] = 0
+            else:                      # no direction, no per-sample nuisance: unstructured noise
+                frames[i, : lengths[i]] = rng.normal(0.0, 2.0, size=(lengths[i], frames.shape[2]))
