@@ -33,7 +33,9 @@ from ..mmsa.register import register
 from ..mmsa.run import MMSA_run
 from ..training.evaluation import dominant_fraction
 from .common import add_flags, guarded, overrides
+from ..data.corruption import KINDS
 from .explain import collect
+from .robustness import ablation_robustness, add_grid_flags
 from .variants import DEFAULT_VARIANTS, VARIANTS, Variant
 
 logger = logging.getLogger("MMSA")
@@ -134,8 +136,11 @@ def _dominant_fraction(weights: Path, dataset: str, feature_file) -> Optional[fl
 
 def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: Iterable[str] = DEFAULT_VARIANTS,
                  out="ablation", feature_file=None, config_file=None, num_workers: int = 0,
-                 verbose_level: int = 1, config: Optional[dict] = None, echo=print) -> dict:
-    """Runs the missing (variant, seed) pairs; returns {'csv', 'markdown', 'table', 'ran'}."""
+                 verbose_level: int = 1, config: Optional[dict] = None, echo=print,
+                 robustness: Optional[dict] = None, reference: Optional[str] = None) -> dict:
+    """Runs the missing (variant, seed) pairs; returns {'csv', 'markdown', 'table', 'ran'}.
+    With ``robustness`` (a corruption grid: kinds, modalities, rates, snr_db) every cell is
+    then evaluated under test-time corruption (kuda_mmsa.cli.robustness)."""
     variants = list(variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -166,7 +171,12 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     md_path.write_text(header + table)
     if not csv_path.exists():
         write_rows(rows, csv_path)
-    return {"csv": csv_path, "markdown": md_path, "table": table, "ran": ran}
+    result = {"csv": csv_path, "markdown": md_path, "table": table, "ran": ran}
+    if robustness:
+        cells = [(VARIANTS[name], int(seed)) for name in variants for seed in seeds]
+        result["robustness"] = ablation_robustness(out, dataset, cells, robustness, feature_file, config_file,
+                                                   config, reference, echo)
+    return result
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
@@ -177,14 +187,27 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
               "num_workers", "verbose", "no_plots", "no_progress", "out", dataset="required", out="ablation")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                    metavar="VARIANT", help="Default: " + ", ".join(DEFAULT_VARIANTS))
+    g = p.add_argument_group("robustness (test-time corruption of every cell)")
+    g.add_argument("--robustness", nargs="*", default=None, choices=KINDS, metavar="KIND",
+                   help=f"Evaluate every cell under corruption: any of {', '.join(KINDS)} (none given: all)")
+    add_grid_flags(g, prefix="ablate")
+    g.add_argument("--reference", default=None, choices=list(VARIANTS), metavar="VARIANT",
+                   help="Variant the effective robustness is measured against. Default: lf_dnn if run, else the first")
     return p
 
 
 def run(a) -> int:
+    grid = None
+    if a.robustness is not None:
+        grid = {"kinds": a.robustness or list(KINDS), "modalities": a.modality, "rates": a.rate,
+                "snr_db": a.snr_db}
     res = run_ablation(canonical_name(a.dataset), a.seeds or DEFAULT_SEEDS, a.variants, a.out,
                        feature_file=a.feature_file, config_file=a.config or None, num_workers=a.num_workers,
-                       verbose_level=a.verbose, config=overrides(a) or None)
+                       verbose_level=a.verbose, config=overrides(a) or None, robustness=grid,
+                       reference=a.reference)
     print(res["table"])
+    if grid:
+        print(res["robustness"]["markdown"].read_text())
     print(f"CSV: {res['csv']}\nMarkdown: {res['markdown']}\nran now: {len(res['ran'])} run(s)")
     return 0
 

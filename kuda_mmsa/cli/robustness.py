@@ -120,7 +120,8 @@ def write_outputs(rows: List[dict], out: Path, group: str, reference: str) -> Di
     """CSV, summary CSV, Markdown and one PNG per corruption kind."""
     out.mkdir(parents=True, exist_ok=True)
     summary = summaries(rows, reference, group)
-    paths = {"csv": write_csv(rows, out / "robustness.csv", [group if group != "model" else "model"] + ID_COLUMNS[1:]),
+    first = [group] + (["model"] if group != "model" else []) + ID_COLUMNS[1:]
+    paths = {"csv": write_csv(rows, out / "robustness.csv", first),
              "summary": write_csv(summary, out / "robustness_summary.csv", [group, "corruption", "modality", "seed"])}
     md = out / "robustness.md"
     md.write_text(f"Test split, MMSA's metrics, mean ± std over seeds. RR: mean of the metric along the rate "
@@ -180,3 +181,49 @@ def main(argv=None, prog=None) -> int:
     parser = build_parser(prog)
     a = parser.parse_args(argv)
     return guarded(parser.prog, lambda: run(a))
+
+
+# ---------------------------------------------------------------------- ablation runner
+def cell_args(variant, dataset: str, run_dir: Path, feature_file=None, config_file=None, config=None):
+    """The args a finished ablation cell ran with (rebuilt; its weights are in run_dir)."""
+    import torch
+
+    from ..mmsa.args import RUN_KEYS, build_args
+
+    cfg = dict(config or {})
+    if not variant.is_kuda:
+        cfg = {k: v for k, v in cfg.items() if k in RUN_KEYS}
+    cfg.update(variant.config)
+    args, _ = build_args(variant.model, dataset, config_file if variant.is_kuda else None, cfg or None,
+                         f"ablation variant {variant.name}", custom_feature=feature_file)
+    args.update(custom_feature=str(feature_file) if feature_file else None, feature_T="", feature_A="", train_mode="regression",
+                feature_V="", device=torch.device("cpu"), progress=False,
+                model_save_path=str(run_dir / f"{variant.model}-{args.dataset_name}.pth"))
+    return args
+
+
+def ablation_robustness(out: Path, dataset: str, cells, grid: dict, feature_file=None, config_file=None,
+                        config=None, reference=None, echo=print) -> Dict[str, Path]:
+    """Robustness of every finished (variant, seed) cell of an ablation, from its saved
+    weights, with corruption seed = the cell's seed (every variant sees the same corruption).
+    Rows already in <out>/robustness.csv are kept (resumable)."""
+    path = out / "robustness.csv"
+    rows = read_csv(path)
+    done = {(r["variant"], int(r["seed"])) for r in rows}
+    rates = check_rates(grid["rates"])
+    for variant, seed in cells:
+        if (variant.name, int(seed)) in done:
+            continue
+        run_dir = out / "runs" / variant.name / f"seed{seed}"
+        args = cell_args(variant, dataset, run_dir, feature_file, config_file, config)
+        split, test_fn, options = tester_for(args)
+        echo(f"[ablate] robustness of {variant.name} seed {seed}")
+        for r in evaluate_grid(split, test_fn, grid["kinds"], grid["modalities"], rates, [seed],
+                               int(args.batch_size), grid["snr_db"], **options):
+            rows.append({"variant": variant.name, "model": variant.model, **r})
+        write_csv(rows, path, ["variant", "model"] + ID_COLUMNS[1:])      # after every cell
+    names = list(dict.fromkeys(v.name for v, _ in cells))
+    selected = [r for r in rows if r["variant"] in names and (r["variant"], int(r["seed"])) in
+                {(v.name, int(s)) for v, s in cells}]
+    reference = reference or ("lf_dnn" if "lf_dnn" in names else names[0])
+    return write_outputs(selected, out, "variant", reference)

@@ -22,6 +22,7 @@ from .datasets import canonical_name
 from .loader import load_features
 from ..data import text_encoder_vocab_size
 from .patches import AMIO, ATIO
+from .register import register
 
 OTHER_FORMATS = {
     RESUME_FORMAT: "the saved state of an interrupted training run (.resume), not trained weights: "
@@ -90,6 +91,7 @@ def tester_for(args, features=None, model=None):
     """Evaluation of a finished run's saved weights (args as MMSA_run built them, KuDA or a
     stock model; or a model already loaded): (test split, test_fn(loader) -> MMSA metrics,
     corruption options)."""
+    register()     # MMSA's trainers look their metrics up by dataset name
     features = features or load_features(args)
     if model is None:
         model = AMIO(args)

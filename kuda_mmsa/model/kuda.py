@@ -114,7 +114,7 @@ class KuDA(nn.Module):
         else:
             if source == "label" and not (self.training and labels is not None):
                 source = "consensus"  # the label ablation has no label at evaluation
-            r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate), cfg.ratio_k, present)
+            r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate, present), cfg.ratio_k, present)
         return m * r, None, r
 
     # ------------------------------------------------------------------ missing modalities
@@ -181,6 +181,10 @@ class KuDA(nn.Module):
         if self.training and cfg.modality_dropout > 0:
             text, audio, vision, audio_lengths, vision_lengths, present = self._drop_modalities(
                 text, audio, vision, audio_lengths, vision_lengths, present)
+        # a missing modality's content is ignored: it has no valid step, yet its encoder keeps
+        # one position so that attention always has a key
+        vision = vision.masked_fill(~present[:, 1, None, None].to(vision.device), 0)
+        audio = audio.masked_fill(~present[:, 2, None, None].to(audio.device), 0)
         inputs = {"T": (text,), "V": (vision, vision_lengths), "A": (audio, audio_lengths)}
         units, scores, pads = {}, {}, {}
         for m in MODALITIES:
@@ -191,7 +195,7 @@ class KuDA(nn.Module):
         present_or_none = present if masked else None
 
         unimodal = torch.cat([scores[m] for m in MODALITIES], dim=-1)
-        estimate = self.ratio_estimator(unimodal) if self.ratio_estimator is not None else None
+        estimate = self.ratio_estimator(unimodal, present) if self.ratio_estimator is not None else None
         log_var = None
         if self.reliability is not None:
             log_var = self.reliability([masked_mean(units[m], pads[m] if masked else None) for m in MODALITIES])

@@ -18,7 +18,8 @@ by c (and so the scores by c and exp(v) by c^2) or shifting them leaves R unchan
 modality (``present`` false) gets R = 0 under every dynamic source.
 
 The agreement targets s are a registry, so ablations add sources without touching the
-model. Each entry takes (scores [B, M], labels [B, 1] or None, estimate [B, 1] or None):
+model. Each entry takes (scores [B, M], labels [B, 1] or None, estimate [B, 1] or None,
+present [B, M] bool or None):
 - `consensus`: label-free, the mean unimodal score;
 - `estimate`: label-free, a small learned estimator of the overall score from the unimodal
   scores (RatioEstimator), trained with an auxiliary MSE against the label, so the ratio
@@ -34,26 +35,29 @@ import torch
 
 from torch import nn
 
-RatioTarget = Callable[[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]], torch.Tensor]
+RatioTarget = Callable[..., torch.Tensor]
 
 
-def _consensus(scores, labels=None, estimate=None) -> torch.Tensor:
-    return scores.mean(dim=-1, keepdim=True)
+def _consensus(scores, labels=None, estimate=None, present=None) -> torch.Tensor:
+    if present is None:
+        return scores.mean(dim=-1, keepdim=True)
+    w = present.to(scores.dtype)
+    return (scores * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp(min=1)
 
 
-def _estimate(scores, labels=None, estimate=None) -> torch.Tensor:
+def _estimate(scores, labels=None, estimate=None, present=None) -> torch.Tensor:
     if estimate is None:
         raise ValueError("ratio_source 'estimate' needs the model's RatioEstimator output")
     return estimate.detach()
 
 
-def _prediction(scores, labels=None, estimate=None) -> torch.Tensor:
+def _prediction(scores, labels=None, estimate=None, present=None) -> torch.Tensor:
     if estimate is None:
         raise ValueError("ratio_source 'prediction' needs the model's first-pass prediction")
     return estimate.detach()
 
 
-def _label(scores, labels=None, estimate=None) -> torch.Tensor:
+def _label(scores, labels=None, estimate=None, present=None) -> torch.Tensor:
     if labels is None:
         raise ValueError("ratio_source 'label' needs the labels in forward()")
     return labels.reshape(-1, 1).to(scores.dtype)
@@ -71,7 +75,9 @@ class RatioEstimator(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(num_modalities, hidden), nn.GELU(), nn.Linear(hidden, 1))
 
-    def forward(self, scores: torch.Tensor) -> torch.Tensor:
+    def forward(self, scores: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if present is not None:   # a missing modality's score says nothing
+            scores = scores * present.to(scores.dtype)
         return self.mlp(scores.detach())
 
 
@@ -88,7 +94,8 @@ def masked_softmax(logits: torch.Tensor, present: Optional[torch.Tensor]) -> tor
         return torch.softmax(logits, dim=-1)
     none = ~present.any(dim=-1, keepdim=True)
     keep = present | none
-    return torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+    r = torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=-1)
+    return torch.where(none, torch.full_like(r, 1.0 / r.shape[-1]), r)
 
 
 def present_median(scores: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:
