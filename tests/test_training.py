@@ -56,7 +56,7 @@ def _model(args):
 def _pretrain(args, loaders, **kw):
     from kuda_mmsa.training.stage1 import job_from_args, pretrain_unimodal
 
-    job = job_from_args(args, seed=1111)
+    job = job_from_args(args)
     return pretrain_unimodal(job, {s: dl.dataset for s, dl in loaders().items()}, **kw)
 
 
@@ -93,13 +93,22 @@ def test_stage2_without_knowledge_stops_with_the_command_to_run(kuda_args):
         KuDATrainer(args).load_knowledge(_model(args))
 
 
-def test_mismatched_stage1_checkpoint_is_a_clear_error(kuda_args):
+def test_other_stage1_settings_get_their_own_knowledge_and_a_foreign_file_is_a_clear_error(kuda_args):
+    import shutil
+
+    from kuda_mmsa.training.stage1 import job_from_args
     from kuda_mmsa.training.trainer import KuDATrainer
 
     args, loaders = kuda_args
     _pretrain(args, loaders)
     other = dict(args)
-    other["av_hidden_size"] = 12  # a model of another width than the checkpoints
+    other["av_hidden_size"] = 12                  # a model of another width than the checkpoints
+    other["pretrain"] = dict(args["pretrain"])
+    mine, theirs = job_from_args(args).paths, job_from_args(other).paths
+    assert mine["V"].parent != theirs["V"].parent   # never mistaken for each other
+    theirs["V"].parent.mkdir(parents=True)
+    for m in "TVA":                                  # a user copies files into the wrong folder
+        shutil.copy(mine[m], theirs[m])
     with pytest.raises(KudaCheckpointError, match="does not match this model"):
         KuDATrainer(other).load_knowledge(_model(other))
 

@@ -308,13 +308,13 @@ def test_interrupted_stage1_resumes_exactly_and_skips_finished_modalities(tmp_pa
 
     monkeypatch.setattr(stage1, "_evaluate", crash)
     assert main(base + ["--knowledge-dir", str(tmp_path / "cut")]) == 130
-    folder = next((tmp_path / "cut" / "demo").iterdir())
+    folder = next((tmp_path / "cut" / "demo").glob("*/*"))       # <encoder>/<settings id>
     assert (folder / "vision.pth.partial").is_file() and (folder / "text.pth").is_file()
     text_uid = torch.load(folder / "text.pth", weights_only=True)["meta"]["uid"]
     monkeypatch.setattr(stage1, "_evaluate", real)
     assert main(base + ["--knowledge-dir", str(tmp_path / "cut")]) == 0
     assert torch.load(folder / "text.pth", weights_only=True)["meta"]["uid"] == text_uid   # not retrained
-    full = next((tmp_path / "full" / "demo").iterdir())
+    full = next((tmp_path / "full" / "demo").glob("*/*"))
     for name in ("text.pth", "vision.pth", "audio.pth"):
         a = torch.load(full / name, weights_only=True)["state_dict"]
         b = torch.load(folder / name, weights_only=True)["state_dict"]
@@ -347,7 +347,7 @@ def test_explain_refuses_files_that_are_not_trained_weights(kind, words, trained
     if kind == "resume":
         torch.save({"format": RESUME_FORMAT, "model": torch.load(weights, weights_only=True)}, path)
     elif kind == "stage1":
-        path = next((trained / "k" / "demo").iterdir()) / "text.pth"
+        path = next((trained / "k" / "demo").glob("*/*")) / "text.pth"
     elif kind == "corrupt":
         path.write_bytes(weights.read_bytes()[:1000])
     elif kind == "payload":

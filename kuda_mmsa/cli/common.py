@@ -61,6 +61,20 @@ FLAGS: Dict[str, tuple] = {
     "log_dir": (("--log-dir",), dict(type=str, default="", help='Folder of logs. Default: "~/MMSA/logs"')),
     "no_plots": (("--no-plots",), dict(action="store_true", help="Write no PNGs.")),
     "no_progress": (("--no-progress",), dict(action="store_true", help="Show no progress bars.")),
+    "per_rank_batch": (("--per-rank-batch",), dict(action="store_true",
+                       help="Under torchrun: batch_size per process (global batch = batch_size x "
+                            "processes) instead of the global batch split over the processes.")),
+    "devices": (("--devices",), dict(type=str, default=None, metavar="0,1,... | cpu:N",
+                help="Run the cells (ablation runs, tuning trials) in parallel on this machine, one per "
+                     "device at a time, each in its own process: GPU indices (0,1,2,3) or N CPU slots "
+                     "(cpu:4).")),
+    "executor": (("--executor",), dict(type=str.lower, default=None, choices=["local", "ray"],
+                 help="Where cells run: local (processes on --devices) or ray (one Ray task per cell, one "
+                      "GPU each where the cluster has GPUs; needs pip install -e '.[ray]'). Default: "
+                      "local with --devices, else one after another in this process.")),
+    "address": (("--address",), dict(type=str, default=None, metavar="ADDR",
+                help="With --executor ray: the address of a running Ray cluster (e.g. auto, or "
+                     "HEAD_IP:6379); default: an embedded Ray on this machine.")),
     "weights": (("--weights",), dict(type=str, required=True,
                 help="Trained KuDA weights (MMSA's saved model, e.g. ~/MMSA/saved_models/kuda-demo.pth).")),
     "out": (("--out",), dict(type=str, help="Output folder.")),
@@ -74,6 +88,7 @@ CONFIG_FLAGS: Dict[str, Callable[[Any], tuple]] = {
     "pretrained": lambda v: ("pretrained", v),
     "no_plots": lambda v: ("plots", False),
     "no_progress": lambda v: ("progress", False),
+    "per_rank_batch": lambda v: ("per_rank_batch", True),
 }
 
 

@@ -5,11 +5,12 @@ unimodal labels and write one knowledge checkpoint per modality.
     kuda-mmsa pretrain -d demo --modalities T --epochs 3
     kuda-mmsa pretrain -d sims2 --data-root /data/MMSA --pretrained /models/bert-base-chinese
 
-Checkpoints go to <knowledge-dir>/<dataset>/<text encoder>/{text,vision,audio}.pth, where
-<knowledge-dir> is --knowledge-dir, else $KUDA_MMSA_KNOWLEDGE_DIR, else ~/MMSA/knowledge;
-stage 2 (`kuda-mmsa -m kuda -d DATASET`) finds them there. A modality whose checkpoint is
-already there for the same data and settings is skipped (--overwrite retrains it); an
-interrupted run resumes from the last finished epoch. Hyper-parameters: the `pretrain`
+Checkpoints go to <knowledge-dir>/<dataset>/<text encoder>/<settings id>/{text,vision,audio}.pth
+(settings.json there lists the stage-1 settings the id stands for), where <knowledge-dir> is
+--knowledge-dir, else $KUDA_MMSA_KNOWLEDGE_DIR, else ~/MMSA/knowledge; stage 2
+(`kuda-mmsa -m kuda -d DATASET`) with the same settings finds them there. A modality whose
+checkpoint is already there for the same data is skipped (--overwrite retrains it); an
+interrupted run resumes from the last finished epoch. -s sets pretrain.seed (default 1111). Hyper-parameters: the `pretrain`
 keys of the config (`kuda-mmsa config keys`).
 """
 from __future__ import annotations
@@ -70,8 +71,9 @@ def run(a: argparse.Namespace) -> int:
         args.pretrain["epochs"] = dict(args.pretrain["epochs"], **SCHEMA["pretrain.epochs"].check(epochs, "--epochs"))
     device = assign_gpu(a.gpu_ids)
     features = load_features(args, require_unimodal_labels=bool(args.has_unimodal_labels))
-    job = job_from_args(args, device=device, seed=a.seeds[0] if a.seeds else 1111,
-                        num_workers=a.num_workers, command=pretrain_command(args))
+    if a.seeds:
+        args.pretrain["seed"] = SCHEMA["pretrain.seed"].check(a.seeds[0], "-s/--seeds")
+    job = job_from_args(args, device=device, num_workers=a.num_workers, command=pretrain_command(args))
     paths = pretrain_unimodal(job, features.splits, a.modalities, overwrite=a.overwrite)
     for m, path in paths.items():
         print(f"{m}: {path}")

@@ -78,6 +78,17 @@ KEYS: List[Key] = [
            "Ours: probability, per training sample and modality, that the modality is dropped "
            "(treated as missing), so the model learns what a missing modality looks like. "
            "At most two of the three are dropped for a sample.", **_UNIT),
+    # ablation switches: one difference between dynamic and reference mode each
+    _model("mask_padding", "bool", True,
+           "Dynamic mode: padding is masked in attention, length alignment and every mean (stage 1 "
+           "included). false = averaged over like real steps, as the authors do.", tunable=False),
+    _model("authors_dropout", "bool", False,
+           "Dynamic mode with the authors' dropout: after the cross-attention's output projection, none "
+           "in the DAF feed-forward, and on the attention probabilities of the encoders and adapters "
+           "(reference mode always).", tunable=False),
+    _model("authors_combine", "bool", False,
+           "Dynamic mode with the authors' combine in training: sum_m LN_m((1 + R_m) y_m), and the plain "
+           "sum in evaluation (reference mode always).", tunable=False),
     _model("fusion_layers", "int", 3, "Number of DAF blocks.", low=1),
     _model("hidden_size", "int", 256, "D, the width of the aligned sequences and the fusion.", low=1),
     _model("fusion_heads", "int", 8, "Attention heads in the DAF blocks.", low=1),
@@ -123,6 +134,11 @@ KEYS: List[Key] = [
     _train("ce_weight", "float", 0.1, "alpha in loss = MSE + alpha * CE (correlation-estimation loss).",
            **_NONNEG),
     _train("freeze_knowledge", "bool", True, "Freeze adapters and decoders in stage 2."),
+    _train("per_rank_batch", "bool", False,
+           "Ours, data-parallel runs only (torchrun): false = batch_size is the global batch, split "
+           "equally over the processes (the same steps as one process); true = each process takes "
+           "batch_size samples (global batch = batch_size x processes, fewer steps per epoch).",
+           tunable=False),
     _train("precision", "str", "auto",
            "auto: bfloat16 autocast only where the hardware computes it natively (a GPU with "
            "bf16, or a CPU with AVX512-BF16 or AMX), fp32 otherwise; fp32; bf16 (forced).",
@@ -144,6 +160,9 @@ KEYS: List[Key] = [
               "Stage-1 epochs per modality ({T, V, A}) or one number for all.", low=1),
     _pretrain("early_stop", "int", 10,
               "Ours: stop a modality after this many epochs without a better validation MSE.", low=1),
+    _pretrain("seed", "int", 1111,
+              "Seed of stage 1 (one knowledge for every stage-2 seed, as the paper's protocol).", low=0,
+              tunable=False),
     # ---- run: where things are (never changes a result) ---------------------------------
     _run("data_root", "str", None,
          "Folder of MMSA's datasets (MMSA's relative file names); null = $MMSA_DATA_ROOT, else "

@@ -7,7 +7,9 @@ id, raw_text, index) and the same in-place updates of ``args`` (feature_dims, se
 train_samples), plus ``data_fingerprint``. The pickle is read once, without running code
 from it, and validated before any training (kuda_mmsa.data.features). Loaders are seeded
 per split from ``torch.initial_seed()`` (MMSA's setup_seed), so results do not depend on
-the number of workers (kuda_mmsa.data.loaders).
+the number of workers (kuda_mmsa.data.loaders). In a data-parallel run (``args.world_size``
+> 1, set by MMSA_run under torchrun) each loader yields this rank's (``args.rank``) share of
+the global batch (``batch_size``, or ``batch_size`` per rank with ``per_rank_batch``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import torch
 
 from ..data import FeatureSpec, make_loaders, read_features, text_encoder_vocab_size
+from ..data.loaders import Shard, global_batch_size
 from ..errors import KudaInputError
 
 logger = logging.getLogger("MMSA")
@@ -88,6 +91,7 @@ def load_features(args, require_unimodal_labels: bool = False):
 def MMDataLoader(args, num_workers=0):
     """Drop-in replacement for MMSA's MMDataLoader (see module docstring)."""
     features = load_features(args)
-    sampler = args.get("_sampler_factory")          # set by distributed training
-    return make_loaders(features.splits, int(_get(args, "batch_size", 32)), torch.initial_seed(),
-                        int(num_workers or 0), sampler_factory=sampler)
+    world = int(_get(args, "world_size", 1))
+    batch = global_batch_size(int(_get(args, "batch_size", 32)), world, bool(_get(args, "per_rank_batch", False)))
+    shard = Shard(int(_get(args, "rank", 0)), world) if world > 1 else None
+    return make_loaders(features.splits, batch, torch.initial_seed(), int(num_workers or 0), shard=shard)

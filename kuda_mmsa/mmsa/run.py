@@ -9,6 +9,12 @@ folders must be writable, left-over temp files of killed writes are removed, and
 is read and validated. During training: weights an earlier run left at the save path are
 never tested as this run's; a diverging run stops with a clear error. At the end: a plain
 results table (no ``np.float64(...)``) and the per-seed results are returned.
+
+Under torchrun (WORLD_SIZE > 1) a KuDA run is data-parallel (kuda_mmsa.training.distributed):
+each process takes the GPU of its LOCAL_RANK (or the CPU), the process group starts here,
+and rank 0 alone writes the result CSV, the log, the weights and the plots. Tuning (``-t``)
+may run its trials on an executor (local devices or Ray: kuda_mmsa.training.sweeps), with
+MMSA's random search or Optuna (``tuner='optuna'``).
 """
 from __future__ import annotations
 
@@ -24,8 +30,13 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..errors import KudaTrainingError
+from ..data.loaders import global_batch_size
+from ..errors import KudaInputError, KudaTrainingError
 from ..files import ensure_writable_dir, remove_stale_temps
+from ..training import distributed
+from ..training.metrics import lower_is_better
+from ..training.sweeps import (Cell, EpochMonitor, Executor, InlineExecutor, OptunaReporter, OptunaTuner,
+                               TrialPruned, describe_result, run_cells)
 from .args import KUDA, build_args, plain_args
 from .datasets import canonical_name
 
@@ -43,6 +54,7 @@ class RunResult:
     args: dict
     csv: Optional[Path] = None
     tune_rows: List[dict] = field(default_factory=list)
+    study: Optional[dict] = None            # the best Optuna trial (--tuner optuna)
 
     def table(self) -> str:
         """Plain text: one row per seed, then mean ± std (population std, as MMSA)."""
@@ -68,24 +80,39 @@ def setup_seed(seed: int) -> None:
     torch.backends.cudnn.deterministic = True
 
 
-def _add_handlers(log_dir: Path, model_name: str, dataset_name: str, verbose_level: int) -> list:
-    fh = logging.FileHandler(log_dir / f"{model_name}-{dataset_name}.log")
-    fh.setLevel(logging.DEBUG)
-    fh.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
+def _add_handlers(log_dir: Optional[Path], model_name: str, dataset_name: str, verbose_level: int,
+                  rank: int = 0) -> list:
+    """MMSA's log file and console; a data-parallel rank > 0 writes no log and shows errors
+    only (prefixed with its rank)."""
+    handlers = []
+    if log_dir is not None and rank == 0:
+        fh = logging.FileHandler(log_dir / f"{model_name}-{dataset_name}.log")
+        fh.setLevel(logging.DEBUG)
+        fh.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
+        handlers.append(fh)
     ch = logging.StreamHandler(sys.stderr)
-    ch.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose_level), logging.INFO))
-    ch.setFormatter(logging.Formatter("%(name)s - %(message)s"))
+    if rank == 0:
+        ch.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose_level), logging.INFO))
+        ch.setFormatter(logging.Formatter("%(name)s - %(message)s"))
+    else:
+        ch.setLevel(logging.ERROR)
+        ch.setFormatter(logging.Formatter(f"%(name)s [rank {rank}] - %(message)s"))
+    handlers.append(ch)
     logger.setLevel(logging.DEBUG)
-    for h in (fh, ch):
+    for h in handlers:
         logger.addHandler(h)
-    return [fh, ch]
+    return handlers
 
 
-def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool = False) -> Dict[str, float]:
+def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool = False,
+             on_epoch=None) -> Dict[str, float]:
     """Train and test one seed (MMSA's _run), with checks: the data is validated before the
-    model is built, no stale weights are tested, a diverging stock model is a clear error."""
+    model is built, no stale weights are tested, a diverging stock model is a clear error.
+    ``on_epoch(epoch, validation results)`` runs after every KuDA epoch (it may raise to stop).
+    In a data-parallel run rank 0 reads the best weights and sends them to the others."""
     from . import patches
 
+    ctx = distributed.current()
     dataloader = patches.MMDataLoader(args, num_workers)
     if log_args:  # after the data is read: the shapes and file the run really uses
         logger.info(f"Running with args: {plain_args(args)}")
@@ -93,10 +120,16 @@ def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool =
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(f"The model has {n_params} trainable parameters")
     trainer = patches.ATIO().getTrain(args)
+    if on_epoch is not None:
+        if hasattr(trainer, "epoch_callbacks"):
+            trainer.epoch_callbacks.append(on_epoch)
+        else:
+            logger.info(f"{args['model_name']}'s MMSA trainer reports no per-epoch validation: no pruning.")
     save = Path(args["model_save_path"])
-    remove_stale_temps(save)
-    if args["model_name"] != KUDA:
-        save.unlink(missing_ok=True)        # the KuDA trainer decides itself (it may resume)
+    if ctx.is_main:
+        remove_stale_temps(save)
+        if args["model_name"] != KUDA:
+            save.unlink(missing_ok=True)        # the KuDA trainer decides itself (it may resume)
     try:
         trainer.do_train(model, dataloader)
     except ValueError as e:
@@ -105,12 +138,20 @@ def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool =
                 f"Training of {args['model_name']} diverged (non-finite predictions: {str(e).splitlines()[0]}). "
                 f"Lower its learning_rate.") from None
         raise
-    if not save.is_file():
-        raise KudaTrainingError(f"{args['model_name']} saved no weights at {save}: nothing can be tested.")
-    model.load_state_dict(torch.load(save, map_location=args["device"], weights_only=True))
+
+    def load_best():
+        if not save.is_file():
+            raise KudaTrainingError(f"{args['model_name']} saved no weights at {save}: nothing can be tested.")
+        model.load_state_dict(torch.load(save, map_location=args["device"], weights_only=True))
+
+    if ctx.distributed:
+        ctx.on_main(load_best)
+        ctx.sync_module(model)
+    else:
+        load_best()
     model.to(args["device"])
     results = trainer.do_test(model, dataloader["test"], mode="TEST")
-    if is_tune:
+    if is_tune and ctx.is_main:
         save.unlink(missing_ok=True)        # MMSA deletes tune-mode weights
     del model
     if torch.cuda.is_available():
@@ -124,52 +165,98 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
              feature_T: str = None, feature_A: str = None, feature_V: str = None, gpu_ids: list = None,
              num_workers: int = 4, verbose_level: int = 1, model_save_dir: str = None,
              res_save_dir: str = None, log_dir: str = None,
-             config_source: str = "MMSA_run(config=...)") -> RunResult:
+             config_source: str = "MMSA_run(config=...)", executor: Optional[Executor] = None,
+             tuner: str = "random", dist_backend: str = "auto") -> RunResult:
     """Train and test a model as MMSA_run does (see module docstring); ``config`` overrides
-    the configuration (``config_source`` names where it came from in errors)."""
+    the configuration (``config_source`` names where it came from in errors). Tuning only:
+    ``executor`` runs the trials (kuda_mmsa.training.sweeps; None = one after another here),
+    ``tuner`` is 'random' (MMSA's search) or 'optuna'. Under torchrun: ``dist_backend``
+    (auto | nccl | gloo)."""
     model_name, dataset_name = str(model_name).lower(), canonical_name(dataset_name)
     seeds = list(seeds or DEFAULT_SEEDS)
     gpu_ids = list(gpu_ids if gpu_ids is not None else [0])
+    tuner = str(tuner or "random").lower()
+    if tuner not in ("random", "optuna"):
+        raise KudaInputError(f"tuner must be 'random' (MMSA's search) or 'optuna'; got {tuner!r}.")
+    if (executor is not None or tuner != "random") and not is_tune:
+        raise KudaInputError(
+            "--devices, --executor and --tuner run tuning trials (-t) in parallel; a plain run trains its seeds "
+            "one after another. For several cells at once use `kuda-mmsa ablate ... --devices ...`.")
+    ctx = distributed.env_context()
+    if ctx.distributed:
+        if model_name != KUDA:
+            raise KudaInputError(
+                f"Data-parallel training under torchrun is for model kuda; '{model_name}' uses MMSA's own trainer. "
+                f"Run it without torchrun.")
+        if executor is not None or tuner != "random":
+            raise KudaInputError(
+                "Under torchrun every process trains the same run; --devices, --executor and --tuner optuna "
+                "start runs of their own. Use them without torchrun.")
     home = Path.home() / "MMSA"
     dirs = {}
     for key, value, what in (("model_save_dir", model_save_dir, "model folder (--model-save-dir)"),
                              ("res_save_dir", res_save_dir, "result folder (--res-save-dir)"),
                              ("log_dir", log_dir, "log folder (--log-dir)")):
-        dirs[key] = ensure_writable_dir(Path(value) if value else home / DEFAULT_DIRS[key], what)
+        folder = Path(value).expanduser() if value else home / DEFAULT_DIRS[key]
+        dirs[key] = ensure_writable_dir(folder, what) if ctx.is_main else folder
 
-    rng = random.Random(time.time_ns())     # MMSA draws tune configs from the clock
-    args, _ = build_args(model_name, dataset_name, config_file, config, config_source, tune=is_tune,
-                         rng=rng, custom_feature=custom_feature)
-    handlers = _add_handlers(dirs["log_dir"], model_name, dataset_name, verbose_level)
+    device, owned, notes = None, False, []
+    if ctx.distributed:
+        device, backend, notes = distributed.choose_device(ctx, gpu_ids, dist_backend)
+        owned = distributed.init(ctx, backend, device)
     try:
-        from .patches import assign_gpu
+        # MMSA draws tune configs from the clock (the same draws on every rank)
+        rng = random.Random(ctx.broadcast(time.time_ns()) if ctx.distributed else time.time_ns())
+        args, eff = build_args(model_name, dataset_name, config_file, config, config_source, tune=is_tune,
+                               rng=rng, custom_feature=custom_feature)
+        handlers = _add_handlers(dirs["log_dir"], model_name, dataset_name, verbose_level, ctx.rank)
+        try:
+            from .patches import assign_gpu
 
-        args.update(model_save_path=dirs["model_save_dir"] / f"{model_name}-{dataset_name}.pth",
-                    device=assign_gpu(gpu_ids), train_mode="regression", custom_feature=custom_feature,
-                    feature_T=feature_T or "", feature_A=feature_A or "", feature_V=feature_V or "",
-                    log_dir=str(dirs["log_dir"]), is_tune=bool(is_tune))
-        logger.info("======================================== Program Start ========================================")
-        if is_tune:
-            return _tune(model_name, dataset_name, config_file, config, config_source, seeds, tune_times,
-                         custom_feature, args, dirs, num_workers, rng)
-        logger.info(f"Seeds: {seeds}")
-        result = RunResult(model_name, dataset_name, seeds, [], dict(args))
-        for i, seed in enumerate(seeds):
-            setup_seed(seed)
-            args["cur_seed"], args["seed"] = i + 1, seed
-            logger.info(f"{'-' * 30} Running with seed {seed} [{i + 1}/{len(seeds)}] {'-' * 30}")
-            res = run_seed(args, num_workers, log_args=(i == 0))
-            logger.info(f"Result for seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
-            result.per_seed.append(res)
-        result.csv = _append_csv(dirs["res_save_dir"] / "normal" / f"{dataset_name}.csv", model_name,
-                                 result.per_seed)
-        logger.info(f"Results ({model_name} on {dataset_name}, test split):\n{result.table()}")
-        logger.info(f"Results saved to {result.csv}.")
-        return result
+            args.update(model_save_path=dirs["model_save_dir"] / f"{model_name}-{dataset_name}.pth",
+                        device=device if ctx.distributed else assign_gpu(gpu_ids), train_mode="regression",
+                        custom_feature=custom_feature, feature_T=feature_T or "", feature_A=feature_A or "",
+                        feature_V=feature_V or "", log_dir=str(dirs["log_dir"]), is_tune=bool(is_tune),
+                        world_size=ctx.world_size, rank=ctx.rank)
+            logger.info("======================================== Program Start ========================================")
+            if ctx.distributed:
+                batch = global_batch_size(args["batch_size"], ctx.world_size, bool(args.get("per_rank_batch")))
+                for note in notes:
+                    logger.warning(note)
+                logger.info(f"Data-parallel run: {ctx.world_size} processes ({backend}), rank 0 on {device}; "
+                            f"global batch {batch} ({batch // ctx.world_size} per process); only rank 0 "
+                            f"writes the results, the log, the weights and the plots.")
+            if is_tune:
+                return _tune(model_name, dataset_name, config_file, config, config_source, seeds, tune_times,
+                             custom_feature, args, eff, dirs, num_workers, rng, executor=executor, tuner=tuner,
+                             gpu_ids=gpu_ids, verbose_level=verbose_level)
+            logger.info(f"Seeds: {seeds}")
+            result = RunResult(model_name, dataset_name, seeds, [], dict(args))
+            for i, seed in enumerate(seeds):
+                setup_seed(seed)
+                args["cur_seed"], args["seed"] = i + 1, seed
+                logger.info(f"{'-' * 30} Running with seed {seed} [{i + 1}/{len(seeds)}] {'-' * 30}")
+                res = run_seed(args, num_workers, log_args=(i == 0))
+                logger.info(f"Result for seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
+                result.per_seed.append(res)
+            result.csv = dirs["res_save_dir"] / "normal" / f"{dataset_name}.csv"
+            if ctx.is_main:
+                _append_csv(result.csv, model_name, result.per_seed)
+            logger.info(f"Results ({model_name} on {dataset_name}, test split):\n{result.table()}")
+            logger.info(f"Results saved to {result.csv}.")
+            return result
+        finally:
+            for h in handlers:
+                logger.removeHandler(h)
+                h.close()
+    except Exception as e:
+        if ctx.distributed and distributed.is_peer_failure(e):
+            resume = dirs["model_save_dir"] / f"{model_name}-{dataset_name}.pth.resume"
+            raise KudaTrainingError(distributed.peer_failure_message(ctx, e, resume)) from None
+        raise
     finally:
-        for h in handlers:
-            logger.removeHandler(h)
-            h.close()
+        if owned:
+            distributed.shutdown()
 
 
 def _append_csv(csv_file: Path, model_name: str, per_seed: List[Dict[str, float]]) -> Path:
@@ -189,27 +276,47 @@ def _append_csv(csv_file: Path, model_name: str, per_seed: List[Dict[str, float]
 
 
 def _tune(model_name, dataset_name, config_file, config, config_source, seeds, tune_times, custom_feature,
-          initial, dirs, num_workers, rng) -> RunResult:
+          initial, eff, dirs, num_workers, rng, executor=None, tuner="random", gpu_ids=(),
+          verbose_level=1) -> RunResult:
     """MMSA's random search: ``tune_times`` draws, each trained with the first seed; a draw
-    already in the tune CSV is skipped."""
+    already in the tune CSV is skipped. With an ``executor`` the draws run as parallel cells;
+    ``tuner='optuna'`` searches with Optuna instead (``_tune_optuna``)."""
+    if tuner == "optuna":
+        return _tune_optuna(model_name, dataset_name, config_file, config, config_source, seeds, tune_times,
+                            custom_feature, initial, eff, dirs, num_workers, executor, gpu_ids, verbose_level)
     import pandas as pd
 
     from ..files import atomic_path
 
+    ctx = distributed.current()
     logger.info(f"Tuning with seed {seeds[0]}")
     csv_file = dirs["res_save_dir"] / "tune" / f"{dataset_name}-{model_name}.csv"
-    csv_file.parent.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        csv_file.parent.mkdir(parents=True, exist_ok=True)
     d_paras = list(initial.get("d_paras") or [])
     done = []
-    if csv_file.is_file():
+    if ctx.is_main and csv_file.is_file():
         df = pd.read_csv(csv_file)
         done = [[df.loc[i, k] for k in d_paras] for i in range(len(df))]
+    done = ctx.broadcast(done)
     result = RunResult(model_name, dataset_name, [seeds[0]], [], dict(initial))
+
+    def record(params, res):
+        if ctx.is_main:
+            df = pd.read_csv(csv_file) if csv_file.is_file() else pd.DataFrame(columns=d_paras + list(res))
+            df.loc[len(df)] = [params[c] for c in d_paras] + [res[k] for k in res]
+            with atomic_path(csv_file) as tmp:
+                df.to_csv(tmp, index=None)
+        result.per_seed.append(res)
+        result.tune_rows.append({**{c: params[c] for c in d_paras}, **res})
+        logger.info(f"Results saved to {csv_file}.")
+
+    cells = []
     for i in range(tune_times):
         args, _ = build_args(model_name, dataset_name, config_file, config, config_source, tune=True,
                              rng=rng, custom_feature=custom_feature)
         for k in ("model_save_path", "device", "train_mode", "custom_feature", "feature_T", "feature_A",
-                  "feature_V", "log_dir", "is_tune"):
+                  "feature_V", "log_dir", "is_tune", "world_size", "rank"):
             args[k] = initial[k]
         args["cur_seed"], args["seed"] = i + 1, seeds[0]
         logger.info(f"{'-' * 30} Tuning [{i + 1}/{tune_times}] {'-' * 30}")
@@ -218,15 +325,148 @@ def _tune(model_name, dataset_name, config_file, config, config_source, seeds, t
         if cur in done:
             logger.info("This set of parameters has been run. Skip.")
             continue
+        done.append(cur)
+        if executor is not None:
+            params = {k: args[k] for k in d_paras}
+            cells.append(_trial_cell(f"random-{len(cells) + 1}-{_params_tag(params)}", model_name, dataset_name,
+                                     params, seeds[0], config_file, config, config_source, custom_feature,
+                                     initial, dirs, num_workers, verbose_level))
+            continue
         setup_seed(seeds[0])
         res = run_seed(args, num_workers, is_tune=True)
-        done.append(cur)
-        df = pd.read_csv(csv_file) if csv_file.is_file() else pd.DataFrame(columns=d_paras + list(res))
-        df.loc[len(df)] = [args[c] for c in d_paras] + [res[k] for k in res]
-        with atomic_path(csv_file) as tmp:
-            df.to_csv(tmp, index=None)
-        result.per_seed.append(res)
-        result.tune_rows.append({**{c: args[c] for c in d_paras}, **res})
-        logger.info(f"Results saved to {csv_file}.")
+        record({k: args[k] for k in d_paras}, res)
+    if cells:
+        logger.info(f"[tune] {len(cells)} trial(s) on {executor.describe()}")
+
+        def on_done(r):
+            logger.info(f"[tune] {r.key}: {describe_result(r)}")
+            if r.ok:
+                record(r.cell.kwargs["params"], r.value["results"])
+
+        failed = [r for r in run_cells(executor, cells, on_done) if not r.ok]
+        if failed:
+            logger.warning(f"[tune] {len(failed)} trial(s) failed (not in {csv_file}; run again to retry them).")
     result.csv = csv_file
+    return result
+
+
+def _params_tag(params: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _trial_cell(key, model_name, dataset_name, params, seed, config_file, config, config_source, custom_feature,
+                initial, dirs, num_workers, verbose_level, optuna=None) -> Cell:
+    trial_dir = dirs["res_save_dir"] / "tune" / f"{dataset_name}-{model_name}-trials" / key
+    kwargs = dict(model_name=model_name, dataset_name=dataset_name, params=dict(params), seed=int(seed),
+                  trial_dir=str(trial_dir), config_file=str(config_file) if config_file else None,
+                  config=dict(config or {}), config_source=config_source,
+                  custom_feature=str(custom_feature) if custom_feature else None,
+                  feature_T=initial.get("feature_T") or "", feature_A=initial.get("feature_A") or "",
+                  feature_V=initial.get("feature_V") or "", num_workers=int(num_workers or 0),
+                  verbose_level=int(verbose_level), optuna=optuna)
+    return Cell(key, run_trial, kwargs, trial_dir, label=key)
+
+
+def run_trial(model_name: str, dataset_name: str, params: dict, seed: int, trial_dir: str,
+              config_file: str = None, config: dict = None, config_source: str = "tuning trial",
+              custom_feature: str = None, feature_T: str = "", feature_A: str = "", feature_V: str = "",
+              num_workers: int = 0, verbose_level: int = 1, gpu_ids=None, optuna: dict = None) -> dict:
+    """One tuning trial (a sweep cell): MMSA's tune step for ``params`` with one seed, its
+    weights, log and resume state in ``trial_dir``. Returns {"results": test metrics, "valid":
+    the best validation KeyEval, "epochs", "pruned"}; with ``optuna`` (the study and trial)
+    every epoch's validation value is reported and the study may prune the trial."""
+    trial_dir = ensure_writable_dir(Path(trial_dir), "trial folder")
+    overrides = dict(config or {})
+    if model_name == KUDA:
+        overrides.update(params)                       # checked by the schema, like -c keys
+    args, _ = build_args(model_name, dataset_name, config_file, overrides or None,
+                         f"{config_source} + trial parameters", custom_feature=custom_feature)
+    if model_name != KUDA:
+        args.update(params)                            # MMSA's own tune keys, as its search sets them
+    from .patches import assign_gpu
+
+    save = trial_dir / f"{model_name}-{dataset_name}.pth"
+    args.update(model_save_path=save, device=assign_gpu(list(gpu_ids or [])), train_mode="regression",
+                custom_feature=custom_feature, feature_T=feature_T or "", feature_A=feature_A or "",
+                feature_V=feature_V or "", log_dir=str(trial_dir), is_tune=True, cur_seed=1, seed=int(seed))
+    handlers = _add_handlers(trial_dir, model_name, dataset_name, verbose_level)
+    try:
+        logger.info(f"Trial parameters: {params}")
+        reporter = OptunaReporter(optuna, log=logger.warning) if optuna else None
+        monitor = EpochMonitor(args["KeyEval"], reporter)
+        setup_seed(int(seed))
+        try:
+            res = run_seed(args, num_workers, is_tune=True, log_args=True, on_epoch=monitor)
+        except TrialPruned as e:
+            logger.info(f"Trial {e}")
+            for p in (save, Path(str(save) + ".resume")):
+                p.unlink(missing_ok=True)
+            return {"pruned": True, "valid": monitor.best, "epochs": monitor.epochs, "results": None}
+        logger.info("Trial results: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
+        return {"pruned": False, "valid": monitor.best, "epochs": monitor.epochs, "results": res}
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+
+
+def _tune_optuna(model_name, dataset_name, config_file, config, config_source, seeds, tune_times, custom_feature,
+                 initial, eff, dirs, num_workers, executor, gpu_ids, verbose_level) -> RunResult:
+    """Optuna's TPE over the tune section's candidate lists (the schema-checked search space),
+    pruning on the validation KeyEval per epoch; the study lives in
+    ``<res>/tune/<dataset>-<model>-optuna.db`` and a killed study resumes; ``tune_times`` is
+    the number of finished trials the study should have. Each finished trial's parameters and
+    test metrics go to ``<res>/tune/<dataset>-<model>-optuna.csv``."""
+    import pandas as pd
+
+    from ..files import atomic_path
+
+    if model_name != KUDA or eff is None:
+        raise KudaInputError(
+            f"--tuner optuna searches KuDA's typed config (the tune section of configs/kuda.yaml or -c); "
+            f"'{model_name}' is an MMSA model: tune it with -t (MMSA's random search).")
+    d_paras = list(eff.tune.get("d_paras") or [])
+    space = {k: list(eff.tune[k]) for k in d_paras}
+    key = initial["KeyEval"]
+    direction = "minimize" if lower_is_better(key) else "maximize"
+    tune_dir = dirs["res_save_dir"] / "tune"
+    db = tune_dir / f"{dataset_name}-{model_name}-optuna.db"
+    csv_file = tune_dir / f"{dataset_name}-{model_name}-optuna.csv"
+    study = OptunaTuner(db, f"{dataset_name}-{model_name}", direction, space, seed=seeds[0], log=logger.info)
+    executor = executor if executor is not None else InlineExecutor(gpu_ids)
+    logger.info(f"[tune] Optuna TPE, {direction} validation {key} over {', '.join(d_paras)}; study {db} has "
+                f"{study.finished()} finished trial(s), target {tune_times}; trials on {executor.describe()}.")
+    result = RunResult(model_name, dataset_name, [seeds[0]], [], dict(initial))
+
+    def make_cell(number, params, spec):
+        return _trial_cell(f"optuna-{number:04d}", model_name, dataset_name, params, seeds[0], config_file, config,
+                           config_source, custom_feature, initial, dirs, num_workers, verbose_level, optuna=spec)
+
+    def on_done(number, params, r, state):
+        value = r.value if isinstance(r.value, dict) else {}
+        shown = f"valid {key} {value['valid']:.4f}" if isinstance(value.get("valid"), float) else ""
+        if state == "complete":
+            res = value["results"]
+            row = {"trial": number, **params, f"valid_{key}": value["valid"], **res}
+            rows = pd.read_csv(csv_file).to_dict("records") if csv_file.is_file() else []
+            with atomic_path(csv_file) as tmp:
+                pd.DataFrame(rows + [row]).to_csv(tmp, index=None)
+            result.per_seed.append(res)
+            result.tune_rows.append(row)
+            logger.info(f"[tune] trial {number} {params}: {describe_result(r)} ({shown})")
+        elif state == "pruned":
+            logger.info(f"[tune] trial {number} {params}: pruned after epoch {value.get('epochs')} ({shown})")
+        else:
+            logger.warning(f"[tune] trial {number} {params}: {describe_result(r)}")
+
+    ran = study.run(tune_times, executor, make_cell, on_done)
+    best = study.best()
+    if best is not None:
+        logger.info(f"[tune] best trial {best['number']}: validation {key} {best['value']:.4f} with {best['params']} "
+                    f"(ran {ran} trial(s) now; study {db}, rows {csv_file})")
+    result.csv = csv_file
+    result.study = best
     return result

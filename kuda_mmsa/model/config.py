@@ -51,6 +51,15 @@ def _from_dict(cls, args: Mapping[str, Any]) -> "KuDAConfig":
     return cls(**{k: args[k] for k in known if k in args})
 
 
+def _authors(self, part: str) -> bool:
+    """Whether the authors' choice for ``part`` ('dropout', 'combine', 'padding') applies:
+    always in reference mode, per switch in dynamic mode."""
+    if self.fusion_mode == "reference":
+        return True
+    return {"dropout": self.authors_dropout, "combine": self.authors_combine,
+            "padding": not self.mask_padding}[part]
+
+
 def _seq_len(self, m: str) -> int:
     return int(self.seq_lens[_MMSA_INDEX[m]])
 
@@ -67,6 +76,7 @@ KuDAConfig = make_dataclass(
         "__post_init__": _post_init,
         "from_dict": classmethod(_from_dict),
         "seq_len": _seq_len,
+        "authors": _authors,
         "feature_dim": _feature_dim,
         "__doc__": __doc__,
     },

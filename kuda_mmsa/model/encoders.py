@@ -3,9 +3,9 @@ an encoder, its knowledge adapters and a decoder that predicts the modality's ow
 score. Stage 1 trains one branch alone; stage 2 loads all three and freezes adapters and
 decoder.
 
-In reference mode the encoders train as the authors' do: dropout on the attention
-probabilities of the vision/audio encoders and the adapters (torch's TransformerEncoderLayer)
-and zero-initialised position embeddings. Without adapters (``use_adapters: false``) a
+In reference mode (or with ``authors_dropout``) the encoders train as the authors' do: dropout
+on the attention probabilities of the vision/audio encoders and the adapters (torch's
+TransformerEncoderLayer); reference mode also starts the position embeddings at zero. Without adapters (``use_adapters: false``) a
 branch's output is its encoder's last state only."""
 import os
 from typing import Any, Optional, Tuple
@@ -81,10 +81,10 @@ class TextBranch(nn.Module):
         depth = bert_cfg.num_hidden_layers
         self.taps = scaled_layer_indices(list(config.text_adapter_layers), depth)
         self.norm = nn.LayerNorm(self.width)
-        reference = config.fusion_mode == "reference"
+        authors = config.authors("dropout")
         self.adapters = AdapterChain(
             self.width, len(self.taps), config.adapter_layers, config.adapter_heads,
-            config.adapter_dropout, self.norm, attn_dropout=config.adapter_dropout if reference else 0.0,
+            config.adapter_dropout, self.norm, attn_dropout=config.adapter_dropout if authors else 0.0,
         ) if config.use_adapters else None
         self.out_width = (2 if config.use_adapters else 1) * self.width
         self.decoder = UnimodalDecoder(self.out_width, config.decoder_dropout, self.width)
@@ -130,17 +130,17 @@ class SequenceBranch(nn.Module):
         self.width = d
         self.max_len = config.seq_len(modality)
         self.in_dim = config.feature_dim(modality)
-        reference = config.fusion_mode == "reference"
+        authors = config.authors("dropout")
         self.proj = nn.Linear(self.in_dim, d)
         self.pos = nn.Parameter(torch.zeros(1, self.max_len, d))
-        if not reference:  # the authors start from zeros
+        if config.fusion_mode != "reference":  # the authors start from zeros
             nn.init.normal_(self.pos, std=0.02)
         self.encoder = TransformerStack(config.av_layers, d, config.av_heads, config.av_ff_size, config.av_dropout,
-                                        attn_dropout=config.av_dropout if reference else 0.0)
+                                        attn_dropout=config.av_dropout if authors else 0.0)
         self.norm = nn.LayerNorm(d)
         self.adapters = AdapterChain(
             d, config.av_layers - 1, config.adapter_layers, config.adapter_heads, config.adapter_dropout, self.norm,
-            attn_dropout=config.adapter_dropout if reference else 0.0,
+            attn_dropout=config.adapter_dropout if authors else 0.0,
         ) if config.use_adapters else None
         self.out_width = (2 if config.use_adapters else 1) * d
         self.decoder = UnimodalDecoder(self.out_width, config.decoder_dropout, d)

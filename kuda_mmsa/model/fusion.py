@@ -7,10 +7,12 @@ weight[b, m] inside the kernel. In `dynamic` mode weight = M * R_m, so the ratio
 much of each modality enters F; in `reference` mode the weight is 1 and the ratio enters the
 authors' way, (1 + R_m) before a LayerNorm (where it has no effect but through eps).
 
-Reference mode also trains as the authors' code does: the cross-attention dropout acts after
-the output projection (ours: before it, on the message the ratio weighted, so that each
-modality's projection sees the same dropout), and the block's own feed-forward has no
-dropout (ours: fusion_dropout, the same regularisation as the cross-attention's)."""
+Reference mode (or ``authors_dropout``) also trains as the authors' code does: the
+cross-attention dropout acts after the output projection (ours: before it, on the message the
+ratio weighted, so that each modality's projection sees the same dropout), and the block's own
+feed-forward has no dropout (ours: fusion_dropout, the same regularisation as the
+cross-attention's). ``authors_combine`` brings the authors' training-time combine to dynamic
+mode."""
 from typing import List, Optional
 
 import torch
@@ -95,20 +97,20 @@ class DAFBlock(nn.Module):
         super().__init__()
         d, ff, p = config.hidden_size, config.fusion_ff_size, config.fusion_dropout
         self.mode = config.fusion_mode
-        reference = self.mode == "reference"
+        authors_dropout = config.authors("dropout")
         self.cross = RatioCrossAttention(num_sources, d, config.fusion_heads, config.fusion_head_dim, p,
-                                         dropout_after_projection=reference)
+                                         dropout_after_projection=authors_dropout)
         self.cross_norm1 = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
         self.cross_ff = nn.ModuleList(FeedForward(d, ff, p) for _ in range(num_sources))
         self.cross_norm2 = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
-        if self.mode == "reference":
+        if config.authors("combine"):
             # LN_m of the authors' ratio-weighted combine (their training path only).
             self.ratio_norms = nn.ModuleList(nn.LayerNorm(d) for _ in range(num_sources))
         self.combine_norm = nn.LayerNorm(d)
         self.fuse_norm = nn.LayerNorm(d, eps=FUSION_EPS)
         self.self_attn = SelfAttention(d, config.fusion_heads, config.fusion_head_dim, bias=False)
         self.self_norm = nn.LayerNorm(d, eps=FUSION_EPS)
-        self.ff = FeedForward(d, ff, 0.0 if reference else p)
+        self.ff = FeedForward(d, ff, 0.0 if authors_dropout else p)
         self.ff_norm = nn.LayerNorm(d, eps=FUSION_EPS)
 
     def forward(self, f: torch.Tensor, sources: List[torch.Tensor], weight: torch.Tensor,

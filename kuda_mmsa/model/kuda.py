@@ -94,13 +94,16 @@ class KuDA(nn.Module):
     # ------------------------------------------------------------------ ratio
     def _ratio(self, scores: torch.Tensor, labels: Optional[torch.Tensor], estimate: Optional[torch.Tensor],
                log_var: Optional[torch.Tensor], present: torch.Tensor):
-        """Returns (weight for the attention op [B, M], reference-mode ratio or None, ratio to report)."""
+        """Returns (weight for the attention op [B, M], the ratio for the authors' combine or None,
+        ratio to report)."""
         b, m = scores.shape
         ones = scores.new_ones(b, m)
         uniform = ones / m
         cfg = self.config
+        # the authors' training-time combine, sum_m LN_m((1 + R_m) y_m), needs the ratio
+        combine = cfg.authors_combine and self.dynamic and self.training
         if not cfg.use_ratio:
-            return ones, None, uniform
+            return ones, (uniform if combine else None), uniform
         scores = scores.detach().float()  # ratios in fp32 even under bf16 autocast
         if not self.dynamic:
             # Authors: ratio from the label in training; no ratio at all in evaluation.
@@ -115,7 +118,7 @@ class KuDA(nn.Module):
             if source == "label" and not (self.training and labels is not None):
                 source = "consensus"  # the label ablation has no label at evaluation
             r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate, present), cfg.ratio_k, present)
-        return m * r, None, r
+        return m * r, (r if combine else None), r
 
     # ------------------------------------------------------------------ missing modalities
     @staticmethod
@@ -176,7 +179,7 @@ class KuDA(nn.Module):
                 audio_lengths: Optional[torch.Tensor] = None, vision_lengths: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         cfg = self.config
-        masked = self.dynamic
+        masked = not cfg.authors("padding")
         present = self.presence(text, audio_lengths, vision_lengths)
         if self.training and cfg.modality_dropout > 0:
             text, audio, vision, audio_lengths, vision_lengths, present = self._drop_modalities(

@@ -121,13 +121,22 @@ def encoder_tag(pretrained: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "text-encoder"
 
 
-def knowledge_folder(root, dataset: str, pretrained: Any) -> Path:
+def settings_id(settings: Mapping[str, Any]) -> str:
+    """A short name for stage-1 settings: knowledge made with other settings (epochs, branch
+    sizes, padding means, seed) lives in another folder, never mistaken for this one."""
+    import hashlib
+
+    return hashlib.sha1(json.dumps(plain(settings), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def knowledge_folder(root, dataset: str, pretrained: Any, settings: Mapping[str, Any]) -> Path:
+    """<root>/<dataset>/<text encoder>/<settings id>/ (settings.json there says which)."""
     root = Path(root).expanduser() if root else default_knowledge_root()
-    return root / str(dataset) / encoder_tag(pretrained)
+    return root / str(dataset) / encoder_tag(pretrained) / settings_id(settings)
 
 
-def knowledge_paths(root, dataset: str, pretrained: Any) -> Dict[str, Path]:
-    folder = knowledge_folder(root, dataset, pretrained)
+def knowledge_paths(root, dataset: str, pretrained: Any, settings: Mapping[str, Any]) -> Dict[str, Path]:
+    folder = knowledge_folder(root, dataset, pretrained, settings)
     return {m: folder / f"{MODALITY_NAMES[m]}.pth" for m in ("T", "V", "A")}
 
 

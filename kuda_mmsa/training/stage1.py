@@ -12,10 +12,11 @@ after every epoch the branch, optimizer, best state and both random states are w
 atomically next to the final checkpoint (``<modality>.pth.partial``), and a modality whose
 checkpoint is already there for the same data and settings is not trained again.
 """
+import json
 import logging
 import random
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 
@@ -28,7 +29,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __in
 
 from ..data.loaders import make_loaders
 from ..errors import KudaCheckpointError, KudaStaleStateError, KudaTrainingError
-from ..files import remove_stale_temps
+from ..files import atomic_write_text, remove_stale_temps
 from ..model import KuDAConfig, build_branch, text_encoder_info
 from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin,
                           cpu_state_dict, describe_differences, knowledge_paths, plain, read_checkpoint,
@@ -52,34 +53,40 @@ class Stage1Job:
     seed: int = 1111
     num_workers: int = 0
     progress: bool = True
-    masked: bool = True                 # False in reference mode: the authors average over padding
-    extra: Dict[str, Any] = field(default_factory=dict)
+    masked: bool = True                 # False with the authors' padding (reference mode): means over padding
 
-    def settings(self, modality: str) -> dict:
-        """What defines one modality's training (compared on resume and on reuse)."""
-        branch_keys = ("av_hidden_size", "av_layers", "av_heads", "av_ff_size", "av_dropout",
-                       "text_adapter_layers", "adapter_layers", "adapter_heads", "adapter_dropout",
-                       "decoder_dropout", "use_adapters")
-        model = {k: getattr(self.model, k) for k in branch_keys}
-        return plain({"pretrain": dict(self.pretrain, epochs=self.pretrain["epochs"].get(modality)),
-                      "model": model, "masked": self.masked, "seed": self.seed,
-                      "target": modality if self.has_unimodal_labels else "M"})
+    def settings(self, modality: Optional[str] = None) -> dict:
+        """What defines the knowledge (all modalities, or one modality's training): compared
+        on resume and reuse, and named by the knowledge folder."""
+        model = {k: getattr(self.model, k) for k in BRANCH_KEYS}
+        pretrain = dict(self.pretrain)
+        if modality is not None:
+            pretrain["epochs"] = pretrain["epochs"].get(modality)
+        return plain({"pretrain": pretrain, "model": model, "masked": self.masked,
+                      "target": ("unimodal" if self.has_unimodal_labels else "M")})
 
 
-def job_from_args(args: Mapping[str, Any], device=None, seed: int = 1111, num_workers: int = 0,
+BRANCH_KEYS = ("av_hidden_size", "av_layers", "av_heads", "av_ff_size", "av_dropout", "text_adapter_layers",
+               "adapter_layers", "adapter_heads", "adapter_dropout", "decoder_dropout", "use_adapters",
+               "authors_dropout", "fusion_mode")
+
+
+def job_from_args(args: Mapping[str, Any], device=None, num_workers: int = 0,
                   command: Optional[str] = None) -> Stage1Job:
     """A Stage1Job from an MMSA args mapping (config + data facts + data fingerprint)."""
     model = KuDAConfig.from_dict(args)
     dataset = args.get("knowledge_from") or args["dataset_name"]
-    return Stage1Job(
-        model=model, pretrain=dict(args["pretrain"]),
-        paths=knowledge_paths(args.get("knowledge_dir"), dataset, args.get("pretrained")),
+    job = Stage1Job(
+        model=model, pretrain=dict(args["pretrain"]), paths={},
         origin={"dataset": dataset, "data": args.get("data_fingerprint"),
                 "encoder": text_encoder_info(model.pretrained)},
         has_unimodal_labels=bool(args.get("has_unimodal_labels", True)),
-        command=command or pretrain_command(args), device=device or args.get("device") or "cpu",
-        seed=int(seed), num_workers=int(num_workers or 0), progress=bool(args.get("progress", True)),
-        masked=args.get("fusion_mode", "dynamic") == "dynamic")
+        device=device or args.get("device") or "cpu", seed=int(args["pretrain"].get("seed", 1111)),
+        num_workers=int(num_workers or 0), progress=bool(args.get("progress", True)),
+        masked=not model.authors("padding"))
+    job.paths = knowledge_paths(args.get("knowledge_dir"), dataset, args.get("pretrained"), job.settings())
+    job.command = command or pretrain_command(args)
+    return job
 
 
 def pretrain_command(args: Mapping[str, Any]) -> str:
@@ -204,6 +211,7 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
     meta = dict(job.origin, settings=job.settings(modality), valid_mse=best, epoch=best_epoch,
                 feature_dim=job.model.feature_dim(modality), seq_len=job.model.seq_len(modality))
     save_knowledge(branch, out_path, modality, meta)
+    atomic_write_text(out_path.parent / "settings.json", json.dumps(job.settings(), indent=1))
     partial.unlink(missing_ok=True)
     logger.info(f"Stage 1 [{name}]: best valid MSE {best:.4f} at epoch {best_epoch}; saved {out_path}")
     return out_path

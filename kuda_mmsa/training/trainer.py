@@ -10,6 +10,14 @@ when its fingerprint (the full effective config, the data, the stage-1 knowledge
 the package version) equals this run's; the first non-finite loss stops training with the
 epoch named, keeping the best checkpoint. After every epoch the full training state is
 written atomically, so an interrupted run resumes bit for bit.
+
+Data-parallel runs (torchrun; kuda_mmsa.training.distributed): the model is wrapped in
+DistributedDataParallel, each rank's loss is scaled by its share of the global batch,
+validation and test metrics are computed on the whole split gathered from every rank, and
+rank 0 alone writes weights, sidecar, resume state and plots (the resume state keeps every
+rank's random state). Stage 1, when it has to run, runs on rank 0 while the others wait.
+``epoch_callbacks`` (fn(epoch, validation results)) run after every epoch; one may raise to
+stop the run (a pruned tuning trial).
 """
 import json
 import logging
@@ -25,9 +33,10 @@ from .. import __version__
 from ..config.schema import KEYS
 from ..errors import KudaTrainingError
 from ..files import atomic_write_text, remove_stale_temps
+from . import distributed
 from .checkpoints import (RESUME_FORMAT, atomic_save, cpu_state_dict, load_knowledge_into, plain, read_resume,
                           weights_info_path)
-from .evaluation import batch_inputs, predict
+from .evaluation import batch_inputs
 from .metrics import lower_is_better, metrics_for
 from .optim import make_adamw, warmup_cosine
 from .precision import autocast, choose, detect
@@ -49,6 +58,8 @@ class KuDATrainer:
         logger.info(f"Precision {self.precision} ({why}).")
         self.history = []
         self.knowledge = {}
+        self.dist = distributed.current()
+        self.epoch_callbacks = []   # fn(epoch, valid_results) after every epoch; may raise to stop
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -71,85 +82,120 @@ class KuDATrainer:
 
     def load_knowledge(self, model, datasets=None) -> None:
         """Stage-1 adapters and decoders into the model (stage 1 runs first when they are
-        missing and auto_pretrain is on), then frozen."""
+        missing and auto_pretrain is on), then frozen. In a data-parallel run rank 0 alone
+        does it (the others wait, then receive the weights from rank 0 with the model)."""
         kuda = self._kuda(model)
         args = self.args
         if not args.get("use_knowledge", True):
             logger.info("use_knowledge is off: adapters and decoders start from random weights and train.")
             return
-        job = job_from_args(args, device=args["device"], seed=int(args.get("seed") or 1111))
-        paths = ensure_knowledge(job, datasets, auto_pretrain=bool(args.get("auto_pretrain", True)),
-                                 allow_other_data=bool(args.get("knowledge_from")))
-        for m, path in paths.items():
-            ckpt = load_knowledge_into(kuda.branches[m], path, m, job.command)
-            self.knowledge[m] = ckpt["meta"].get("uid")
+        job = job_from_args(args, device=args["device"])
+
+        def prepare():
+            # Parallel sweep cells share the knowledge folder: one of them runs stage 1.
+            with distributed.file_lock(job.paths["T"].parent):
+                paths = ensure_knowledge(job, datasets, auto_pretrain=bool(args.get("auto_pretrain", True)),
+                                         allow_other_data=bool(args.get("knowledge_from")))
+            uids = {}
+            for m, path in paths.items():
+                ckpt = load_knowledge_into(kuda.branches[m], path, m, job.command)
+                uids[m] = ckpt["meta"].get("uid")
+            return str(paths["T"].parent), uids
+
+        if self.dist.distributed:
+            logger.info(f"Data-parallel run ({self.dist.world_size} processes): the stage-1 knowledge is "
+                        f"prepared on rank 0 only (stage 1 runs there if it is missing) while the other "
+                        f"ranks wait; they receive its weights from rank 0.")
+            folder, self.knowledge = self.dist.on_main(prepare)
+        else:
+            folder, self.knowledge = prepare()
         if args.get("freeze_knowledge", True):
             kuda.freeze_knowledge()
-        logger.info(f"Loaded stage-1 knowledge from {paths['T'].parent}")
+        logger.info(f"Loaded stage-1 knowledge from {folder}")
 
     # ------------------------------------------------------------------ train
     def do_train(self, model, dataloader, return_epoch_results=False):
         args = self.args
+        ctx = self.dist
         device = args["device"]
         save_path = Path(str(args["model_save_path"]))
         self.load_knowledge(model, {s: dl.dataset for s, dl in dataloader.items()})
         model.to(device)
+        net = model
+        if ctx.distributed:
+            ctx.sync_module(model)      # rank 0's initialisation and knowledge on every rank
+            net = distributed.wrap(model, device)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_adamw(params, lr=float(args["learning_rate"]), weight_decay=float(args["weight_decay"]))
         max_epochs = int(args["epochs"])
-        total_steps = max_epochs * max(len(dataloader["train"]), 1)
+        train_loader = dataloader["train"]
+        total_steps = max_epochs * max(len(train_loader), 1)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, float(args["warmup_ratio"])))
         key = args["KeyEval"]
         minimize = lower_is_better(key)
         best_valid = float("inf") if minimize else -float("inf")
         epoch, best_epoch = 0, 0
         epoch_results = {"train": [], "valid": [], "test": []}
-        shuffle_gen = dataloader["train"].generator
+        shuffle_gen = train_loader.generator
 
         resume = self._resume_path()
-        for p in (save_path, resume):
-            remove_stale_temps(p)
         fingerprint = self.fingerprint()
-        state, note = read_resume(resume, RESUME_FORMAT, fingerprint, "Interrupted training state",
-                                  refuse=not args.get("is_tune", False))
+
+        def read_state():
+            for p in (save_path, resume):
+                remove_stale_temps(p)
+            state, note = read_resume(resume, RESUME_FORMAT, fingerprint, "Interrupted training state",
+                                      refuse=not args.get("is_tune", False))
+            if state is None:
+                # Weights at the save path from an earlier run must never be tested as this run's.
+                save_path.unlink(missing_ok=True)
+                weights_info_path(save_path).unlink(missing_ok=True)
+            elif ctx.distributed:       # the weights travel by broadcast, the rest as an object
+                model.load_state_dict(state.pop("model"))
+            return state, note
+
+        state, note = ctx.on_main(read_state) if ctx.distributed else read_state()
         if note:
             logger.warning(note)
         if state is not None:
-            model.load_state_dict(state["model"])
+            if ctx.distributed:
+                ctx.sync_module(model)
+            else:
+                model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             epoch, best_epoch, best_valid = int(state["epoch"]), int(state["best_epoch"]), float(state["best_valid"])
             self.history = list(state["history"])
-            torch.set_rng_state(state["rng"])
+            rngs = state.get("rng_ranks")
+            torch.set_rng_state(rngs[ctx.rank] if rngs and len(rngs) == ctx.world_size else state["rng"])
             shuffle_gen.set_state(state["shuffle_rng"])
             logger.info(f"Resuming stage 2 after epoch {epoch} from {resume}")
         else:
-            # Weights at the save path from an earlier run must never be tested as this run's.
-            save_path.unlink(missing_ok=True)
-            weights_info_path(save_path).unlink(missing_ok=True)
+            distributed.seed_rank(ctx, int(args.get("seed") or 0))
 
         clip = float(args.get("grad_clip") or 0)
-        progress = bool(args.get("progress", True))
+        progress = bool(args.get("progress", True)) and ctx.is_main
         stop = epoch > 0 and epoch - best_epoch >= int(args["early_stop"])
         while epoch < max_epochs and not stop:
             epoch += 1
-            model.train()
+            net.train()
             y_pred, y_true = [], []
             total_loss = torch.zeros((), device=device)
             total_ce = torch.zeros((), device=device)
             n = 0
-            with tqdm(dataloader["train"], desc=f"kuda epoch {epoch}/{max_epochs}", leave=False,
+            with tqdm(train_loader, desc=f"kuda epoch {epoch}/{max_epochs}", leave=False,
                       disable=not progress) as bar:
                 for step, batch in enumerate(bar):
                     labels = batch["labels"]["M"].to(device).view(-1, 1)
                     with autocast(device, self.precision):
-                        out = model(**batch_inputs(batch, device), labels=labels)
+                        out = net(**batch_inputs(batch, device), labels=labels)
                     out = {k: v.float() for k, v in out.items()}
                     loss = self.criterion(out["M"], labels) + self.ce_weight * out["ce"]
                     if "aux" in out:  # the label-free ratio estimator's own loss
                         loss = loss + out["aux"]
                     optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scale = distributed.loss_scale(ctx, train_loader, step, labels.shape[0])
+                    (loss * scale if scale != 1.0 else loss).backward()
                     if clip > 0:
                         nn.utils.clip_grad_norm_(params, clip)
                     optimizer.step()
@@ -161,7 +207,13 @@ class KuDATrainer:
                     y_true.append(labels.cpu())
                     if progress and step % 10 == 0:
                         bar.set_postfix(loss=f"{total_loss.item() / n:.4f}")
-            mean_loss = total_loss.item() / max(n, 1)
+            sum_loss, sum_ce = total_loss.item(), total_ce.item()
+            y_pred, y_true = torch.cat(y_pred), torch.cat(y_true)
+            if ctx.distributed:   # the epoch's loss and train metrics over every rank's share
+                sum_loss, sum_ce, n = ctx.all_reduce_sum([sum_loss, sum_ce, n])
+                shares = ctx.all_gather((y_pred, y_true))
+                y_pred, y_true = torch.cat([p for p, _ in shares]), torch.cat([t for _, t in shares])
+            mean_loss = sum_loss / max(n, 1)
             if not torch.isfinite(torch.tensor(mean_loss)):
                 where = (f"the best checkpoint (epoch {best_epoch}, valid {key} {best_valid:.4f}) is kept at "
                          f"{save_path}" if best_epoch else "no checkpoint was saved")
@@ -170,39 +222,51 @@ class KuDATrainer:
                     f"{args.get('seed')}; {where}, and the state after epoch {epoch - 1} is in {resume}. "
                     f"Lower learning_rate (now {args['learning_rate']}) or set grad_clip, then delete "
                     f"{resume} and run again.")
-            train_results = self.metrics(torch.cat(y_pred), torch.cat(y_true))
+            train_results = self.metrics(y_pred, y_true)
             train_results["Loss"] = round(mean_loss, 4)
             logger.info(f"TRAIN-(kuda) [{epoch - best_epoch}/{epoch}/{args.get('cur_seed', 1)}] >> "
-                        f"loss: {mean_loss:.4f} ce: {total_ce.item() / max(n, 1):.4f} "
+                        f"loss: {mean_loss:.4f} ce: {sum_ce / max(n, 1):.4f} "
                         + " ".join(f"{k}: {v:.4f}" for k, v in train_results.items() if k != "Loss"))
             val_results = self.do_test(model, dataloader["valid"], mode="VAL")
             cur = val_results[key]
             better = cur <= best_valid - 1e-6 if minimize else cur >= best_valid + 1e-6
             if better:
                 best_valid, best_epoch = cur, epoch
-                atomic_save(cpu_state_dict(model), save_path)
-                self.write_sidecar(save_path, epoch, best_valid)
+                if ctx.is_main:
+                    atomic_save(cpu_state_dict(model), save_path)
+                    self.write_sidecar(save_path, epoch, best_valid)
             self.history.append(plain({"epoch": epoch, "train_loss": train_results["Loss"], "valid": val_results}))
             if return_epoch_results:
                 epoch_results["train"].append(train_results)
                 epoch_results["valid"].append(val_results)
                 epoch_results["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
             stop = epoch - best_epoch >= int(args["early_stop"])
-            atomic_save({"format": RESUME_FORMAT, "fingerprint": fingerprint, "model": cpu_state_dict(model),
+            rngs = ctx.all_gather(torch.get_rng_state()) if ctx.distributed else None
+            if ctx.is_main:
+                state = {"format": RESUME_FORMAT, "fingerprint": fingerprint, "model": cpu_state_dict(model),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                          "epoch": epoch, "best_epoch": best_epoch, "best_valid": float(best_valid),
                          "history": self.history, "rng": torch.get_rng_state(),
-                         "shuffle_rng": shuffle_gen.get_state()}, resume)
+                         "shuffle_rng": shuffle_gen.get_state()}
+                if rngs is not None:
+                    state["rng_ranks"] = rngs      # each rank's dropout stream, for an exact resume
+                atomic_save(state, resume)
+            for callback in self.epoch_callbacks:
+                callback(epoch, val_results)
             if stop:
                 logger.info(f"Early stop: no {key} improvement on the validation set for {epoch - best_epoch} epochs.")
-        if not best_epoch or not save_path.is_file():
-            raise KudaTrainingError(
-                f"No epoch gave a finite validation {key}, so no weights were saved at {save_path}; "
-                f"nothing can be tested. Check the data and the learning rate.")
-        resume.unlink(missing_ok=True)
-        logger.info(f"Best validation {key} {best_valid:.4f} at epoch {best_epoch}; weights in {save_path}")
-        if args.get("plots", True):
-            self.save_curves(key)
+
+        def finish():
+            if not best_epoch or not save_path.is_file():
+                raise KudaTrainingError(
+                    f"No epoch gave a finite validation {key}, so no weights were saved at {save_path}; "
+                    f"nothing can be tested. Check the data and the learning rate.")
+            resume.unlink(missing_ok=True)
+            logger.info(f"Best validation {key} {best_valid:.4f} at epoch {best_epoch}; weights in {save_path}")
+            if args.get("plots", True):
+                self.save_curves(key)
+
+        ctx.on_main(finish) if ctx.distributed else finish()
         return epoch_results if return_epoch_results else None
 
     def write_sidecar(self, save_path: Path, epoch: int, valid: float) -> None:
@@ -231,7 +295,7 @@ class KuDATrainer:
 
     # ------------------------------------------------------------------ test
     def do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
-        p = predict(model, dataloader, self.args["device"], self.precision)
+        p = distributed.predict_split(self.dist, model, dataloader, self.args["device"], self.precision)
         results = self.metrics(p.pred, p.labels)
         results["Loss"] = round(float(self.criterion(p.pred, p.labels)), 4)
         logger.info(f"{mode}-(kuda) >> " + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
