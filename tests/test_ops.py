@@ -5,6 +5,13 @@ in fp32 from the same (rounded) inputs:
     fp32: values 2e-5, gradients 1e-4
     fp16: values 2e-3, gradients 5e-3
     bf16: values 1e-2, gradients 2e-2
+The CUDA tensor-core path (KUDA_MMSA_TC=1, fp16/bf16, sm_80+) rounds the softmax
+probabilities and their gradients to the input dtype before the tensor-core products (as
+FlashAttention does), so it gets its own tolerances (TOL_TC):
+    fp16: values 3e-3, gradients 1e-2
+    bf16: values 1.5e-2, gradients 4e-2
+Every CUDA test picks the tolerances of the path that runs, so tools/gpu_check.sh runs this
+file once as is and once with KUDA_MMSA_TC=1; the tests named *_tc_* switch it on themselves.
 The CPU grid is a sampled subset (runs in seconds); the CUDA grid is larger and is
 skipped (not failed) without a GPU. Kernel tests call torch.ops.kuda_mmsa directly so
 they cannot silently compare the reference with itself.
@@ -30,6 +37,24 @@ TOL = {  # dtype: (values, gradients)
     torch.float16: (2e-3, 5e-3),
     torch.bfloat16: (1e-2, 2e-2),
 }
+TOL_TC = {  # the CUDA tensor-core path (see the module docstring)
+    torch.float16: (3e-3, 1e-2),
+    torch.bfloat16: (1.5e-2, 4e-2),
+}
+
+
+def tc_active(dtype, device) -> bool:
+    """True when a call with these inputs takes the tensor-core kernels (KUDA_MMSA_TC=1)."""
+    return (
+        torch.device(device).type == "cuda"
+        and dtype in TOL_TC
+        and os.environ.get("KUDA_MMSA_TC") == "1"
+        and torch.cuda.get_device_capability()[0] >= 8
+    )
+
+
+def tolerances(dtype, device):
+    return TOL_TC[dtype] if tc_active(dtype, device) else TOL[dtype]
 
 
 def _op_loaded(device_key="CPU"):
@@ -73,12 +98,24 @@ def nerr(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() if b.numel() else 0.0
 
 
-def check_against_reference(B, M, H, Lq, Lk, d, dtype, device, masked, seed=0, scale=None):
+def _misaligned(t):
+    """A contiguous copy of t whose data pointer is not 16-byte aligned (one element in)."""
+    buf = torch.zeros(t.numel() + 1, dtype=t.dtype, device=t.device)
+    out = buf[1:].view(t.shape)
+    out.copy_(t)
+    return out
+
+
+def check_against_reference(B, M, H, Lq, Lk, d, dtype, device, masked, seed=0, scale=None, misaligned=False):
     q, k, v, w, mask = make_inputs(B, M, H, Lq, Lk, d, dtype, device, masked, seed)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    tv, tg = TOL[dtype]
+    tv, tg = tolerances(dtype, device)
     # op: the public C++ op (composes _ratio_cross_attention_fwd, backward via the registered formula)
-    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, w)]
+    if misaligned:  # the kernels' scalar (not 16-byte) load path
+        leaves = [_misaligned(t.detach()).requires_grad_() for t in (q, k, v)] + [w.detach().clone().requires_grad_()]
+        assert all(t.data_ptr() % 16 for t in leaves[:3])
+    else:
+        leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, w)]
     out = torch.ops.kuda_mmsa.ratio_cross_attention(*leaves, mask, scale)
     assert out.dtype == q.dtype and out.shape == q.shape
     gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1)).to(device=device, dtype=dtype)
@@ -133,7 +170,7 @@ def test_cpu_extreme_scales(scale):
     check_against_reference(2, 3, 2, 40, 70, 32, torch.float32, "cpu", True, seed=5, scale=scale)
 
 
-def check_masked_keys_far_above_valid(device):
+def check_masked_keys_far_above_valid(device, dtype=torch.float32):
     """Valid scores near -96, masked ones near +96 (and padded tile columns at 0): any
     exp of a masked/padded score left unclamped overflows and 0 * inf gives NaN."""
     B, M, H, Lq, Lk, d = 1, 2, 1, 3, 10, 32
@@ -144,16 +181,18 @@ def check_masked_keys_far_above_valid(device):
     w = torch.tensor([[1.0, -2.0]], device=device)
     mask = torch.zeros(B, M, Lk, dtype=torch.bool, device=device)
     mask[..., 5:] = True
+    q, k, v = (t.to(dtype) for t in (q, k, v))
     leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
     out = torch.ops.kuda_mmsa.ratio_cross_attention(*leaves, mask, 3.0)
-    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
     out.backward(gout)
-    rleaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
     ref = reference(*rleaves, mask, 3.0)
-    ref.backward(gout)
-    assert nerr(out, ref) < 1e-5
+    ref.backward(gout.float())
+    tv, tg = (1e-5, 1e-4) if dtype == torch.float32 else tolerances(dtype, device)
+    assert nerr(out, ref) < tv
     for a, b in zip(leaves, rleaves):
-        assert nerr(a.grad, b.grad) < 1e-4
+        assert nerr(a.grad, b.grad) < tg
 
 
 @needs_cpu_op
@@ -297,6 +336,7 @@ def _run_py(code, **env):
     e = dict(os.environ)
     e.pop("KUDA_MMSA_KERNELS", None)
     e.pop("KUDA_MMSA_JIT", None)
+    e.pop("KUDA_MMSA_TC", None)
     e.update(env)
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=e, cwd=ROOT, timeout=300)
@@ -316,7 +356,7 @@ def test_backend_reference_forced():
     r = _run_py(
         """
         import torch, kuda_mmsa.ops as ops
-        assert ops.backend() == {"cpu": "reference", "cuda": "reference"}, ops.backend()
+        assert ops.backend() == {"cpu": "reference", "cuda": "reference", "cuda_tc": "off"}, ops.backend()
         q = torch.randn(1, 2, 1, 3, 8); k = torch.randn(1, 2, 1, 4, 8); w = torch.randn(1, 2)
         assert torch.equal(ops.ratio_cross_attention(q, k, k, w), ops.ratio_cross_attention_reference(q, k, k, w))
         print("OK")
@@ -343,7 +383,7 @@ def test_backend_broken_extension_warns_once_and_falls_back():
                 import kuda_mmsa, kuda_mmsa.ops as ops
             msgs = [str(w.message) for w in caught if "kuda_mmsa" in str(w.message)]
             assert len(msgs) == 1, msgs
-            assert ops.backend() == {"cpu": "reference", "cuda": "reference"}, ops.backend()
+            assert ops.backend() == {"cpu": "reference", "cuda": "reference", "cuda_tc": "off"}, ops.backend()
             print("OK")
             """
         ),
@@ -356,6 +396,19 @@ def test_backend_reports_compiled_and_require_passes():
     r = _run_py("import kuda_mmsa.ops as ops; print(ops.backend())", KUDA_MMSA_KERNELS="require")
     assert r.returncode == 0, r.stderr
     assert "'cpu': 'compiled'" in r.stdout or "'cpu': 'jit'" in r.stdout, r.stdout
+
+
+def test_backend_reports_tensor_cores():
+    """cuda_tc is "on" only with KUDA_MMSA_TC=1 and a compiled CUDA op; never without it."""
+    code = "import kuda_mmsa.ops as ops; print(ops.backend())"
+    off = _run_py(code)
+    assert off.returncode == 0 and "'cuda_tc': 'off'" in off.stdout, off.stdout + off.stderr
+    on = _run_py(code, KUDA_MMSA_TC="1")
+    assert on.returncode == 0, on.stderr
+    expect = "on" if "'cuda': 'reference'" not in on.stdout else "off"
+    assert f"'cuda_tc': '{expect}'" in on.stdout, on.stdout
+    forced = _run_py(code, KUDA_MMSA_TC="1", KUDA_MMSA_KERNELS="reference")
+    assert "'cuda_tc': 'off'" in forced.stdout, forced.stdout + forced.stderr
 
 
 @pytest.mark.slow
@@ -443,6 +496,171 @@ def test_cuda_daf_shape_and_opcheck():
     torch.library.opcheck(torch.ops.kuda_mmsa._ratio_cross_attention_fwd.default, (rg(q), rg(k), rg(v), rg(w), mask, 0.125))
     torch.library.opcheck(torch.ops.kuda_mmsa.ratio_cross_attention.default, (rg(q), rg(k), rg(v), rg(w), None, 0.125))
     assert ops.backend()["cuda"] in ("compiled", "jit")
+
+
+@pytest.mark.cuda
+@needs_cuda_op
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_unaligned_and_odd_head_dims(dtype):
+    """d not a multiple of 8 and data pointers off 16-byte alignment: the scalar load paths."""
+    check_against_reference(2, 3, 2, 50, 70, 12, dtype, "cuda", True, seed=11)
+    check_against_reference(1, 2, 3, 70, 130, 100, dtype, "cuda", True, seed=12)
+    check_against_reference(2, 2, 2, 65, 129, 64, dtype, "cuda", True, seed=13, misaligned=True)
+
+
+# ---------------------------------------------------------------- CUDA tensor cores
+# The tensor-core kernels (KUDA_MMSA_TC=1, fp16/bf16, sm_80+), switched on per test: the
+# C++ side reads KUDA_MMSA_TC at every call.
+@pytest.fixture
+def tc_on(monkeypatch):
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the tensor-core kernels need sm_80 or newer")
+    monkeypatch.setenv("KUDA_MMSA_TC", "1")
+    assert ops.backend()["cuda_tc"] == "on", ops.backend()
+
+
+def _cuda_kernel_names(fn):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = {e.key for e in prof.key_averages()}
+    if not any("kernel" in n for n in names):
+        pytest.skip(f"the profiler records no CUDA kernels here: {sorted(names)[:5]}")
+    return names
+
+
+def _fwd_bwd(dtype, masked=True, shape=(2, 3, 2, 70, 130, 64)):
+    q, k, v, w, mask = make_inputs(*shape, dtype, "cuda", masked)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+
+    def run():
+        out = torch.ops.kuda_mmsa.ratio_cross_attention(*leaves, mask, 0.125)
+        out.backward(torch.ones_like(out))
+
+    return run
+
+
+@pytest.mark.cuda
+@needs_cuda_op
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_tc_kernels_run_only_when_asked(dtype, monkeypatch):
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the tensor-core kernels need sm_80 or newer")
+    monkeypatch.delenv("KUDA_MMSA_TC", raising=False)
+    off = _cuda_kernel_names(_fwd_bwd(dtype))
+    assert not any("tc::" in n for n in off), sorted(off)
+    assert any("rca_fwd_kernel" in n for n in off) and any("rca_bwd_kernel" in n for n in off), sorted(off)
+    monkeypatch.setenv("KUDA_MMSA_TC", "1")
+    on = _cuda_kernel_names(_fwd_bwd(dtype))
+    assert any("tc::" in n and "fwd_kernel" in n for n in on), sorted(on)
+    assert any("tc::" in n and "bwd_kernel" in n for n in on), sorted(on)
+    assert not any("rca_fwd_kernel" in n or "rca_bwd_kernel" in n for n in on), sorted(on)
+    # fp32 keeps the SIMT kernels even with KUDA_MMSA_TC=1
+    f32 = _cuda_kernel_names(_fwd_bwd(torch.float32))
+    assert not any("tc::" in n for n in f32) and any("rca_fwd_kernel" in n for n in f32), sorted(f32)
+
+
+TC_GRID = CUDA_GRID[:40] + [
+    (2, 3, 2, (50, 50), 64, True),  # DAF shape
+    (1, 3, 2, (925, 925), 64, True),  # audio length: many key tiles, online rescaling
+    (2, 2, 1, (50, 925), 64, True),
+    (1, 2, 2, (925, 50), 128, False),
+    (2, 1, 3, (64, 64), 16, True),  # exact tiles
+    (1, 2, 2, (128, 192), 32, True),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", TC_GRID, ids=lambda c: "B{}M{}H{}Lq{}Lk{}d{}{}".format(*c[:3], *c[3], c[4], "m" if c[5] else ""))
+@pytest.mark.cuda
+@needs_cuda_op
+def test_cuda_tc_matches_reference(case, dtype, tc_on):
+    B, M, H, (Lq, Lk), d, masked = case
+    check_against_reference(B, M, H, Lq, Lk, d, dtype, "cuda", masked, seed=hash(case) % 1000)
+
+
+@pytest.mark.cuda
+@needs_cuda_op
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_tc_odd_dims_unaligned_scales_and_far_masked(dtype, tc_on):
+    check_against_reference(2, 3, 2, 50, 70, 12, dtype, "cuda", True, seed=11)
+    check_against_reference(1, 2, 3, 70, 130, 100, dtype, "cuda", True, seed=12)
+    check_against_reference(2, 2, 2, 65, 129, 64, dtype, "cuda", True, seed=13, misaligned=True)
+    for scale in (3.0, 1e-4):
+        check_against_reference(2, 3, 2, 40, 70, 32, dtype, "cuda", True, seed=5, scale=scale)
+    check_masked_keys_far_above_valid("cuda", dtype)
+
+
+@pytest.mark.cuda
+@needs_cuda_op
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_tc_fully_masked_rows_give_zeros(dtype, tc_on):
+    q, k, v, w, _ = make_inputs(2, 2, 2, 70, 80, 64, dtype, "cuda", False)
+    mask = torch.zeros(2, 2, 80, dtype=torch.bool, device="cuda")
+    mask[0, 1] = True
+    mask[1, 0] = True
+    mask[1, 1, 64:] = True  # a whole key tile of padding next to a live one
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    out = ops.ratio_cross_attention(*leaves, mask)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(device="cuda", dtype=dtype)
+    out.backward(gout)
+    dead = mask.all(-1)
+    assert (out.detach()[dead] == 0).all()
+    for t in leaves[:3]:
+        assert torch.isfinite(t.grad).all()
+        assert (t.grad[dead] == 0).all()
+    for t in leaves[1:3]:  # masked keys get no gradient
+        assert (t.grad.transpose(2, 3)[mask].float() == 0).all()
+    rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
+    ref = reference(*rleaves, mask)
+    ref.backward(gout.float())
+    tv, tg = TOL_TC[dtype]
+    assert nerr(out, ref) < tv
+    for a, b in zip(leaves, rleaves):
+        assert nerr(a.grad, b.grad) < tg
+
+
+@pytest.mark.cuda
+@needs_cuda_op
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_cuda_tc_opcheck(dtype, tc_on):
+    # Lk <= 128: at most two key tiles add to each dQ element, so the fp32 atomics are
+    # order-independent and eager and compiled runs agree exactly.
+    q, k, v, w, mask = make_inputs(2, 2, 2, 9, 70, 64, dtype, "cuda", True)
+    rg = lambda t: t.clone().requires_grad_()
+    fwd = torch.ops.kuda_mmsa._ratio_cross_attention_fwd
+    torch.library.opcheck(fwd.default, (rg(q), rg(k), rg(v), rg(w), mask, 0.125))
+    torch.library.opcheck(fwd.default, (q, k, v, w, None, 0.125))
+    torch.library.opcheck(torch.ops.kuda_mmsa.ratio_cross_attention.default, (rg(q), rg(k), rg(v), rg(w), mask, 0.125))
+    out, o_unw, lse = fwd(q, k, v, w, mask, 0.125)
+    torch.library.opcheck(
+        torch.ops.kuda_mmsa._ratio_cross_attention_bwd.default,
+        (torch.randn_like(out), q, k, v, w, mask, o_unw, lse, 0.125),
+        test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"),
+    )
+
+
+@pytest.mark.cuda
+@needs_cuda_op
+def test_cuda_tc_and_simt_share_saved_state(monkeypatch):
+    """o_unweighted and lse mean the same on both paths: a forward on one path and a
+    backward on the other give the reference gradients."""
+    if torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the tensor-core kernels need sm_80 or newer")
+    q, k, v, w, mask = make_inputs(2, 3, 2, 70, 130, 64, torch.float16, "cuda", True, seed=4)
+    gout = torch.randn(q.shape, generator=torch.Generator().manual_seed(9)).to(device="cuda", dtype=q.dtype)
+    rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
+    reference(*rleaves, mask, 0.125).backward(gout.float())
+    fwd, bwd = torch.ops.kuda_mmsa._ratio_cross_attention_fwd, torch.ops.kuda_mmsa._ratio_cross_attention_bwd
+    for fwd_tc in (True, False):
+        monkeypatch.setenv("KUDA_MMSA_TC", "1" if fwd_tc else "0")
+        out, o_unw, lse = fwd(q, k, v, w, mask, 0.125)
+        monkeypatch.setenv("KUDA_MMSA_TC", "0" if fwd_tc else "1")
+        grads = bwd(gout, q, k, v, w, mask, o_unw, lse, 0.125)
+        for a, b in zip(grads, rleaves):
+            assert nerr(a, b.grad) < TOL_TC[torch.float16][1]
 
 
 @pytest.mark.cuda

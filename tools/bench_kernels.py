@@ -1,7 +1,9 @@
 """Benchmark of kuda_mmsa.ops.ratio_cross_attention (not a test).
 
 Times forward and forward+backward of
-  kernel     the compiled op (kuda_mmsa.ops.ratio_cross_attention, backend() printed),
+  kernel     the compiled op (kuda_mmsa.ops.ratio_cross_attention, backend() printed), with
+             the default SIMT kernels on CUDA (KUDA_MMSA_TC unset),
+  kernel_tc  CUDA, fp16/bf16 only: the same op on the tensor-core kernels (KUDA_MMSA_TC=1),
   reference  the eager PyTorch reference,
   sdpa       torch.nn.functional.scaled_dot_product_attention over the M stacked sources
              (boolean attn_mask from the key padding mask), then the weight,
@@ -10,13 +12,15 @@ CPU), on every device present, all in the same run, and prints one table per dev
 ratios (>1 = the kernel is faster). The masks leave every row at least one key, so SDPA
 is defined everywhere.
 
-    python tools/bench_kernels.py [--device cpu|cuda|all] [--reps N] [--threads N]
+    python tools/bench_kernels.py [--device cpu|cuda|all] [--reps N] [--threads N] [--json FILE]
 
 On a shared, oversubscribed CPU, multi-threaded timings swing by several x (a thread
 descheduled mid-op stalls the others); --threads 1 gives steadier CPU comparisons.
 """
 import argparse
+import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -44,9 +48,20 @@ def sdpa_composition(q, k, v, weight, key_padding_mask, scale):
 
 METHODS = {
     "kernel": ops.ratio_cross_attention,
+    "kernel_tc": ops.ratio_cross_attention,  # with KUDA_MMSA_TC=1 (read by the op at every call)
     "reference": ops.ratio_cross_attention_reference,
     "sdpa": sdpa_composition,
 }
+
+
+def methods_for(device, dtype):
+    if device == "cuda" and dtype in (torch.float16, torch.bfloat16):
+        return list(METHODS)
+    return [m for m in METHODS if m != "kernel_tc"]
+
+
+def set_tc(on):
+    os.environ["KUDA_MMSA_TC"] = "1" if on else "0"
 
 
 def make(B, M, H, L, d, dtype, device, grad):
@@ -89,7 +104,7 @@ def bench_device(device, reps):
     run = timer(device)
     if device == "cuda":
         shapes = [(32, 3, 8, 50, 64), (16, 3, 8, 500, 64), (8, 3, 8, 925, 64)]
-        dtypes = [torch.float32, torch.bfloat16]
+        dtypes = [torch.float32, torch.bfloat16, torch.float16]
     else:
         shapes = [(32, 3, 8, 50, 64), (2, 3, 8, 500, 64), (1, 3, 8, 925, 64)]
         dtypes = [torch.float32]
@@ -104,7 +119,9 @@ def bench_device(device, reps):
             t = {}
             # interleave rounds so background load hits every method alike
             for _ in range(3):
-                for name, fn in METHODS.items():
+                for name in methods_for(device, dtype):
+                    fn = METHODS[name]
+                    set_tc(name == "kernel_tc")
                     if grad:
                         def step(fn=fn):
                             out = fn(q, k, v, w, mask, scale)
@@ -117,17 +134,27 @@ def bench_device(device, reps):
                                 fn(q, k, v, w, mask, scale)
                     ms = run(step, reps)
                     t[name] = min(t.get(name, float("inf")), ms)
+            set_tc(False)
             res[passname] = t
         for passname, t in res.items():
             rows.append(((B, M, H, L, d), str(dtype).replace("torch.", ""), passname, t))
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"\n## {device}: {name}; torch {torch.__version__}; backend {ops.backend()}")
-    print(f"| shape (B,M,H,L,d) | dtype | pass | kernel ms | reference ms | sdpa ms | ref/kernel | sdpa/kernel |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
+    print(f"\n## {device}: {name}; torch {torch.__version__}; backend {ops.backend()} (kernel_tc: KUDA_MMSA_TC=1)")
+    print("| shape (B,M,H,L,d) | dtype | pass | kernel ms | kernel_tc ms | reference ms | sdpa ms | ref/kernel | "
+          "sdpa/kernel | sdpa/kernel_tc |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    f = lambda x: f"{x:.3f}" if x is not None else "—"
+    ratio = lambda a, b: f"{a / b:.2f}x" if a is not None and b else "—"
+    out = []
     for shape, dt, passname, t in rows:
-        print(f"| {shape} | {dt} | {passname} | {t['kernel']:.3f} | {t['reference']:.3f} | {t['sdpa']:.3f} | "
-              f"{t['reference'] / t['kernel']:.2f}x | {t['sdpa'] / t['kernel']:.2f}x |")
+        tc = t.get("kernel_tc")
+        print(f"| {shape} | {dt} | {passname} | {f(t['kernel'])} | {f(tc)} | {f(t['reference'])} | {f(t['sdpa'])} | "
+              f"{ratio(t['reference'], t['kernel'])} | {ratio(t['sdpa'], t['kernel'])} | {ratio(t['sdpa'], tc)} |")
+        out.append({"device": device, "shape": list(shape), "dtype": dt, "pass": passname, "ms": t,
+                    "sdpa_over_kernel": t["sdpa"] / t["kernel"],
+                    "sdpa_over_kernel_tc": t["sdpa"] / tc if tc else None})
     sys.stdout.flush()
+    return {"device": device, "name": name, "torch": torch.__version__, "backend": ops.backend(), "rows": out}
 
 
 def main():
@@ -135,15 +162,26 @@ def main():
     ap.add_argument("--device", default="all", choices=["cpu", "cuda", "all"])
     ap.add_argument("--reps", type=int, default=0, help="timed repetitions per round (default: 20 cuda, 5 cpu)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--json", help="also write the timings to this file")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     devices = ["cpu", "cuda"] if a.device == "all" else [a.device]
-    for dev in devices:
-        if dev == "cuda" and not torch.cuda.is_available():
-            print("\n## cuda: no GPU visible, skipped")
-            continue
-        bench_device(dev, a.reps or (20 if dev == "cuda" else 5))
+    results = []
+    tc_env = os.environ.get("KUDA_MMSA_TC")
+    try:
+        for dev in devices:
+            if dev == "cuda" and not torch.cuda.is_available():
+                print("\n## cuda: no GPU visible, skipped")
+                continue
+            results.append(bench_device(dev, a.reps or (20 if dev == "cuda" else 5)))
+    finally:
+        if tc_env is None:
+            os.environ.pop("KUDA_MMSA_TC", None)
+        else:
+            os.environ["KUDA_MMSA_TC"] = tc_env
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

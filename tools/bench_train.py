@@ -1,83 +1,74 @@
 #!/usr/bin/env python
-"""Benchmark one full stage-2 training step (forward, backward, AdamW) of KuDA.
+"""Benchmark one full stage-2 training step (forward, backward, optimiser step) of KuDA
+against a baseline, measured alternately in the same run.
 
-Default shapes are CH-SIMS v2's (T 50, V 232x177, A 925x25) with a bert-base-sized text
-encoder (random weights: no download). Each configuration runs in its own process so that
-peak RSS is its own. The baseline, measured in the same run, is the same model with every
-attention forced onto PyTorch's "math" path (full [L, L] score tensors materialised, as the
-authors' nn.MultiheadAttention-based code does) and the op's eager reference.
+Shapes default to CH-SIMS v2's (T 50, V 232x177, A 925x25) with a bert-base-sized text
+encoder built from a BertConfig (vocab 21128, random weights: nothing is downloaded). Every
+measurement runs in its own child process, so its peak RSS is its own. Variants:
 
-    python tools/bench_train.py                      # batch 8, 16, 32 on CPU, ours vs baseline
-    python tools/bench_train.py -b 16 --device cuda  # one batch size on a GPU
-    python tools/bench_train.py --variants ours      # skip the baseline
+  ours            the trainer's setup: KuDAConfig defaults, freeze_knowledge, make_adamw,
+                  grad_clip and ce_weight from the config defaults, precision from
+                  choose('auto', detect(device)) unless --precision is given
+  ours-ckpt       the same with gradient_checkpointing (configs/cpu_fast.yaml)
+  ours-fp32, ours-bf16, ours-fp32-ckpt, ...   the same with the precision forced
+  authors         the authors' stage-2 model (models.OverallModal.KMSA) from a local copy
+                  of their repository (--authors-repo: a checkout or a bare git dir, which
+                  is exported to a temporary folder), adapted at run time (never edited;
+                  each adaptation is printed) with their loss and optimiser
+  materialising   our model with every attention on PyTorch's "math" path (full [L, L]
+                  score tensors, as nn.MultiheadAttention-era code does), the op's eager
+                  reference, fp32, plain AdamW
 
-For scale (from the issue): the authors' code on a 2-core CPU takes 9.3 s / 7.4 GiB at batch 8,
-20.4 s / 13.1 GiB at batch 16, and is killed for memory at batch 32.
+    python tools/bench_train.py -b 16 --baseline authors --authors-repo ~/src/KuDA
+    python tools/bench_train.py -b 16                         # materialising baseline
+    python tools/bench_train.py -b 32 --device cuda --eval-steps 5 --json out.json
+
+--rounds R runs baseline and ours R times, interleaved (the order flips every round), and
+the ratios are given per round. Numbers from a shared machine vary by tens of percent:
+read the ranges, not one figure.
 """
 import argparse
 import json
 import os
+import platform
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-AUTHORS_CPU = {8: (9.3, 7.4), 16: (20.4, 13.1), 32: (None, None)}
+ROOT = Path(__file__).resolve().parents[1]
+CPU_FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+AUTHORS_REPO_ENV = "KUDA_AUTHORS_REPO"
 
 
-def one_run(opts) -> dict:
-    if opts.variant == "baseline":
-        os.environ["KUDA_MMSA_KERNELS"] = "reference"
+# ============================================================================ inputs
+def make_batch(opts, device):
+    """One batch, identical for every variant (same generator seed)."""
     import torch
-    from transformers import BertConfig
 
-    from kuda_mmsa.model import KuDA, KuDAConfig
-
-    torch.manual_seed(0)
-    device = torch.device(opts.device)
+    b = opts.batch_size
     L_T, (L_V, D_V), (L_A, D_A) = opts.text_len, opts.vision, opts.audio
-    bert = BertConfig(vocab_size=21128)  # bert-base-chinese sizes
-    cfg = KuDAConfig(feature_dims=[768, D_A, D_V], seq_lens=[L_T, L_A, L_V], pretrained=bert,
-                     gradient_checkpointing="ckpt" in opts.variant)
-    model = KuDA(cfg).to(device)
-    model.freeze_knowledge()  # stage 2
-    params = [p for p in model.parameters() if p.requires_grad]
-    if opts.variant == "baseline":
-        opt = torch.optim.AdamW(params, lr=3e-5, weight_decay=1e-5)
-    else:
-        from kuda_mmsa.optim import make_adamw  # what the trainers use
-        opt = make_adamw(params, lr=3e-5, weight_decay=1e-5)
-    b = opts.batch_size[0]
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(1, 21128, (b, L_T), generator=g)
-    mask = torch.ones(b, L_T)
-    text = torch.stack([ids.float(), mask, torch.zeros(b, L_T)], 1).to(device)
-    vision = torch.randn(b, L_V, D_V, generator=g).to(device)
-    audio = torch.randn(b, L_A, D_A, generator=g).to(device)
-    vl = torch.randint(L_V // 2, L_V + 1, (b,), generator=g).to(device)
-    al = torch.randint(L_A // 2, L_A + 1, (b,), generator=g).to(device)
-    labels = (torch.rand(b, 1, generator=g) * 2 - 1).to(device)
+    text = torch.stack([ids.float(), torch.ones(b, L_T), torch.zeros(b, L_T)], 1)  # ids, mask, segments
+    vision = torch.randn(b, L_V, D_V, generator=g)
+    audio = torch.randn(b, L_A, D_A, generator=g)
+    vl = torch.randint(L_V // 2, L_V + 1, (b,), generator=g)
+    al = torch.randint(L_A // 2, L_A + 1, (b,), generator=g)
+    labels = torch.rand(b, 1, generator=g) * 2 - 1
+    to = lambda t: t.to(device)
+    return {"text": to(text), "vision": to(vision), "audio": to(audio), "vision_lengths": to(vl),
+            "audio_lengths": to(al), "labels": to(labels)}
 
-    from kuda_mmsa.optim import autocast  # what the trainer uses for `precision`
 
-    precision = "bf16" if "bf16" in opts.variant else "fp32"
+def timed(step, opts, device, eval_step=None):
+    """Warm-up, then the mean seconds of `opts.steps` steps; eval samples/s if asked."""
+    import torch
 
-    def step():
-        with autocast(device, precision):
-            out = model(text, audio, vision, al, vl, labels=labels)
-        loss = torch.nn.functional.mse_loss(out["M"].float(), labels) + 0.1 * out["ce"].float()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    ctx = None
-    if opts.variant == "baseline":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-        ctx = sdpa_kernel([SDPBackend.MATH])
-        ctx.__enter__()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     for _ in range(opts.warmup):
         step()
     sync()
@@ -85,75 +76,498 @@ def one_run(opts) -> dict:
     for _ in range(opts.steps):
         step()
     sync()
-    dt = (time.perf_counter() - t0) / opts.steps
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    res = {"variant": opts.variant, "batch": b, "device": opts.device, "step_s": dt, "peak_rss_gib": rss}
+    res = {"step_s": (time.perf_counter() - t0) / opts.steps}
+    if eval_step is not None and opts.eval_steps > 0:
+        eval_step()  # warm-up (eval-mode kernels differ from training ones)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(opts.eval_steps):
+            eval_step()
+        sync()
+        res["eval_samples_per_s"] = opts.batch_size * opts.eval_steps / (time.perf_counter() - t0)
+    return res
+
+
+def finish(res, opts, device):
+    import torch
+
+    res.update({"batch": opts.batch_size, "device": opts.device, "threads": torch.get_num_threads(),
+                "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})  # KiB -> GiB
     if device.type == "cuda":
         res["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return res
 
 
+# ============================================================================ ours
+def parse_ours(variant):
+    """'ours[-fp32|-bf16][-ckpt]' -> (precision or None, checkpointing)."""
+    parts = variant.split("-")[1:]
+    precision = next((p for p in parts if p in ("fp32", "bf16", "auto")), None)
+    return precision, "ckpt" in parts
+
+
+def run_ours(opts, variant):
+    import torch
+    from transformers import BertConfig
+
+    from kuda_mmsa.model import KuDA, KuDAConfig
+    from kuda_mmsa.training import precision as prec
+    from kuda_mmsa.training.optim import make_adamw
+
+    try:
+        from kuda_mmsa.config.schema import defaults
+        d = defaults()
+    except Exception:  # the config schema moved: the paper's values
+        d = {}
+    lr, wd = float(d.get("learning_rate", 3e-5)), float(d.get("weight_decay", 1e-5))
+    clip, ce_w = float(d.get("grad_clip", 1.0) or 0), float(d.get("ce_weight", 0.1))
+
+    forced, ckpt = parse_ours(variant)
+    device = torch.device(opts.device)
+    precision, why = prec.choose(forced or opts.precision, prec.detect(device))
+    torch.manual_seed(0)
+    L_T, (L_V, D_V), (L_A, D_A) = opts.text_len, opts.vision, opts.audio
+    cfg = KuDAConfig(feature_dims=[768, D_A, D_V], seq_lens=[L_T, L_A, L_V],
+                     pretrained=BertConfig(vocab_size=21128), gradient_checkpointing=ckpt)
+    model = KuDA(cfg).to(device)
+    model.freeze_knowledge()  # stage 2 (knowledge weights are random here, never loaded)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_adamw(params, lr=lr, weight_decay=wd)
+    x = make_batch(opts, device)
+    labels = x["labels"]
+    inputs = {k: x[k] for k in ("text", "audio", "vision", "audio_lengths", "vision_lengths")}
+
+    def step():
+        model.train()
+        with prec.autocast(device, precision):
+            out = model(**inputs, labels=labels)
+        loss = torch.nn.functional.mse_loss(out["M"].float(), labels) + ce_w * out["ce"].float()
+        if "aux" in out:
+            loss = loss + out["aux"].float()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
+        opt.step()
+
+    def eval_step():
+        model.eval()
+        with torch.no_grad(), prec.autocast(device, precision):
+            model(**inputs)["M"].float().cpu()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    res = timed(step, opts, device, eval_step)
+    from kuda_mmsa.ops import backend
+
+    res.update({"variant": variant, "precision": precision, "precision_reason": why,
+                "gradient_checkpointing": ckpt, "kernels": backend()})
+    return finish(res, opts, device)
+
+
+# ============================================================================ materialising
+def run_materialising(opts, variant):
+    os.environ["KUDA_MMSA_KERNELS"] = "reference"  # before kuda_mmsa.ops is imported
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from transformers import BertConfig
+
+    from kuda_mmsa.model import KuDA, KuDAConfig
+
+    device = torch.device(opts.device)
+    torch.manual_seed(0)
+    L_T, (L_V, D_V), (L_A, D_A) = opts.text_len, opts.vision, opts.audio
+    cfg = KuDAConfig(feature_dims=[768, D_A, D_V], seq_lens=[L_T, L_A, L_V], pretrained=BertConfig(vocab_size=21128))
+    model = KuDA(cfg).to(device)
+    model.freeze_knowledge()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-5, weight_decay=1e-5)
+    x = make_batch(opts, device)
+    labels = x["labels"]
+    inputs = {k: x[k] for k in ("text", "audio", "vision", "audio_lengths", "vision_lengths")}
+
+    def step():
+        model.train()
+        out = model(**inputs, labels=labels)
+        loss = torch.nn.functional.mse_loss(out["M"], labels) + 0.1 * out["ce"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def eval_step():
+        model.eval()
+        with torch.no_grad():
+            model(**inputs)["M"].cpu()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with sdpa_kernel([SDPBackend.MATH]):
+        res = timed(step, opts, device, eval_step)
+    res.update({"variant": variant, "precision": "fp32", "kernels": "reference (eager), SDPA math"})
+    return finish(res, opts, device)
+
+
+# ============================================================================ authors
+def authors_tree(path):
+    """(folder holding models/OverallModal.py, temporary folder to delete or None)."""
+    p = Path(path).expanduser().resolve()
+    if (p / "models" / "OverallModal.py").is_file():
+        return p, None
+    # a bare git dir (or a .git folder): export HEAD to a temporary folder, outside this repo
+    git_dir = p / ".git" if (p / ".git").is_dir() else p
+    if not (git_dir / "HEAD").is_file():
+        raise SystemExit(f"--authors-repo {path}: neither a checkout (models/OverallModal.py) nor a git dir")
+    tmp = Path(tempfile.mkdtemp(prefix="kuda_authors_"))
+    archive = subprocess.run(["git", "--git-dir", str(git_dir), "archive", "HEAD"], capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive.stdout, check=True)
+    if not (tmp / "models" / "OverallModal.py").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"--authors-repo {path}: HEAD has no models/OverallModal.py")
+    return tmp, tmp
+
+
+def authors_commit(path):
+    p = Path(path).expanduser().resolve()
+    for args in (["git", "-C", str(p), "rev-parse", "--short", "HEAD"],
+                 ["git", "--git-dir", str(p), "rev-parse", "--short", "HEAD"]):
+        r = subprocess.run(args, capture_output=True, text=True)
+        if r.returncode == 0:
+            return r.stdout.strip()
+    return "?"
+
+
+def run_authors(opts, variant):
+    """The authors' stage-2 step: their KMSA, their loss, their optimiser, their loop body."""
+    import types
+
+    import torch
+    import transformers
+    from torch import nn
+
+    device = torch.device(opts.device)
+    tree = opts.authors_tree
+    sys.path.insert(0, tree)
+    adaptations = [f"their code is imported from an exported copy ({tree}); no file of theirs is edited"]
+
+    if device.type != "cuda":
+        torch.Tensor.cuda = lambda self, *a, **k: self
+        adaptations.append("torch.Tensor.cuda returns the tensor itself (models/Encoder_KIAdapter.py:151 "
+                           "moves the text padding mask with .cuda())")
+
+    import models.Encoder_KIAdapter as enc
+
+    class TransformerEncoderWithHiddens(nn.TransformerEncoder):
+        """What their README patches into torch's source: (output, [input, layer 1, ...])."""
+
+        def forward(self, src, mask=None, src_key_padding_mask=None, is_causal=None):
+            output, hiddens = src, [src]
+            for mod in self.layers:
+                output = mod(output, src_mask=mask, src_key_padding_mask=src_key_padding_mask)
+                hiddens.append(output)
+            if self.norm is not None:
+                output = self.norm(output)
+            return output, hiddens
+
+    enc.TransformerEncoder = TransformerEncoderWithHiddens
+    adaptations.append("models.Encoder_KIAdapter.TransformerEncoder = a torch TransformerEncoder subclass "
+                       "returning (output, hidden_list), as their README's patch of torch's source does")
+
+    bert_cfg = dict(vocab_size=21128)  # bert-base-chinese sizes
+
+    class BertConfigShim:
+        @staticmethod
+        def from_pretrained(_path, **kw):
+            return transformers.BertConfig(**{**bert_cfg, **kw})
+
+    class BertModelShim:
+        @staticmethod
+        def from_pretrained(_path, config=None, **_kw):
+            return transformers.BertModel(config or transformers.BertConfig(output_hidden_states=True, **bert_cfg))
+
+    class TokenizerShim:  # stage 2 never tokenises (text arrives as ids)
+        @staticmethod
+        def from_pretrained(_path, **_kw):
+            return types.SimpleNamespace(vocab_size=bert_cfg["vocab_size"])
+
+    enc.BertConfig, enc.BertModel, enc.BertTokenizer = BertConfigShim, BertModelShim, TokenizerShim
+    adaptations.append("models.Encoder_KIAdapter.BertConfig/BertModel/BertTokenizer.from_pretrained (lines 101-103) "
+                       "build a random BertModel(BertConfig(output_hidden_states=True, vocab_size=21128)) and a "
+                       "dummy tokenizer instead of reading ./pretrainedModel/BERT")
+
+    D_V, D_A = opts.vision[1], opts.audio[1]
+    feature_dims = {"V": D_V, "A": D_A}
+    original_init = enc.UniPretrain.__init__
+
+    def sized_init(self, *args, **kwargs):  # their __init__ with other fea_size arguments
+        modality = kwargs["modality"] if "modality" in kwargs else args[0]
+        if modality in feature_dims:
+            kwargs["fea_size"] = feature_dims[modality]
+        original_init(self, *args, **kwargs)
+
+    # Wrapping __init__ (not subclassing: their super(UniPretrain, self) must keep working).
+    enc.UniPretrain.__init__ = sized_init
+    adaptations.append(f"models.Encoder_KIAdapter.UniPretrain.__init__ is wrapped to pass fea_size V={D_V}, "
+                       f"A={D_A} instead of the hard-coded 709/33 (lines 215-216)")
+
+    from models.OverallModal import KMSA
+
+    L_T, L_V, L_A = opts.text_len, opts.vision[0], opts.audio[0]
+    opt = types.SimpleNamespace(datasetName="simsv2", seq_lens=[L_T, L_V, L_A], fusion_layers=3, dropout=0.3,
+                                hidden_size=256, ffn_size=512, lr=3e-5, weight_decay=1e-5, seed=1111,
+                                batch_size=opts.batch_size, train_mode="regression")
+    adaptations.append(f"opt = SimpleNamespace(datasetName='simsv2', seq_lens=[{L_T}, {L_V}, {L_A}], hidden_size=256, "
+                       "ffn_size=512, lr=3e-5, weight_decay=1e-5, ...) instead of opts.parse_opts()")
+    torch.manual_seed(0)
+    model = KMSA(opt, dataset=opt.datasetName, bert_pretrained="<random bert-base-chinese-sized>").to(device)
+    for name, p in model.UniEncKI.named_parameters():  # the freezing of KMSA.preprocess_model
+        if "adapter" in name or "decoder" in name:
+            p.requires_grad = False
+    adaptations.append("stage-1 checkpoints are not loaded (random weights); adapters and decoders are frozen "
+                       "with KMSA.preprocess_model's own rule")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    loss_fn = torch.nn.MSELoss()
+
+    x = make_batch(opts, device)
+    steps_v = torch.arange(L_V, device=device)
+    steps_a = torch.arange(L_A, device=device)
+    vmask = steps_v[None, :] >= x["vision_lengths"][:, None]  # bool, True = padding
+    amask = steps_a[None, :] >= x["audio_lengths"][:, None]
+    label = x["labels"]
+
+    def inputs():
+        return {"V": x["vision"], "A": x["audio"], "T": x["text"],
+                "mask": {"V": vmask, "A": amask, "T": []}}  # 'T' is filled in by their encoder
+
+    def step():  # the body of their train.py's train()
+        model.train()
+        output, nce_loss = model(inputs(), label.clone().detach())
+        loss = loss_fn(output, label) + 0.1 * nce_loss
+        loss.item()  # their loop logs it every step (a host sync)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def eval_step():  # their evaluate(): no ratio (None)
+        model.eval()
+        with torch.no_grad():
+            model(inputs(), None)[0].cpu()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    res = timed(step, opts, device, eval_step)
+    res.update({"variant": variant, "precision": "fp32", "adaptations": adaptations})
+    return finish(res, opts, device)
+
+
+# ============================================================================ parent
+def cpu_info():
+    """(CPU model name, the flags of CPU_FLAGS_SHOWN it has), from /proc/cpuinfo."""
+    model, flags = platform.processor() or "?", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    return model, [f for f in CPU_FLAGS_SHOWN if f in flags]
+
+
+def commit_of_checkout():
+    r = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if r.returncode:
+        return "?"
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return r.stdout.strip() + ("+dirty" if dirty else "")
+
+
+def run_child(opts, variant):
+    cmd = [sys.executable, __file__, "--child", variant, "-b", str(opts.batch_size), "--device", opts.device,
+           "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--eval-steps", str(opts.eval_steps),
+           "--text-len", str(opts.text_len), "--vision", *map(str, opts.vision), "--audio", *map(str, opts.audio),
+           "--precision", opts.precision]
+    if opts.threads:
+        cmd += ["--threads", str(opts.threads)]
+    if variant == "authors":
+        cmd += ["--authors-tree", str(opts.authors_tree)]
+    limit = int(opts.mem_limit_gib * 2**30)
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    # The child must import kuda_mmsa from this checkout even when it is not installed.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                          preexec_fn=cap if opts.device == "cpu" and limit > 0 else None)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines and lines[-1].startswith("{"):
+        res = json.loads(lines[-1])
+    else:
+        tail = [l for l in proc.stderr.strip().splitlines() if l.strip()] or [f"exit status {proc.returncode}"]
+        res = {"variant": variant, "batch": opts.batch_size, "device": opts.device, "step_s": None,
+               "peak_rss_gib": None, "error": tail[-1][:300]}
+        if proc.returncode < 0:
+            res["error"] = f"killed by signal {-proc.returncode} (out of memory?)"
+    res["wall_s"] = time.perf_counter() - t0
+    return res
+
+
+def fmt(x, nd=2):
+    return f"{x:.{nd}f}" if isinstance(x, (int, float)) else "—"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-b", "--batch-size", type=int, action="append", help="repeatable; default 8 16 32")
+    p.add_argument("-b", "--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--variants", nargs="+", default=["ours", "baseline"], choices=["ours", "ours-ckpt", "ours-bf16", "ours-bf16-ckpt", "baseline"],
-                   help="ours = the trainer's setup; -ckpt = with gradient_checkpointing; -bf16 = precision bf16; baseline = "
-                        "materialised attention + eager reference op + plain AdamW")
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--baseline", choices=["authors", "materialising", "none"], default=None,
+                   help="default: authors when --authors-repo (or $%s) is given, else materialising" % AUTHORS_REPO_ENV)
+    p.add_argument("--authors-repo", default=os.environ.get(AUTHORS_REPO_ENV),
+                   help="a local clone of github.com/MKMaS-GUET/KuDA, or a bare git dir of it")
+    p.add_argument("--variants", nargs="+", default=["ours"],
+                   help="ours, ours-ckpt, ours-fp32, ours-bf16, ours-bf16-ckpt, ... (see above)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="precision of the 'ours' variants without an explicit one (default auto, as the trainer)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of baseline and ours")
+    p.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--eval-steps", type=int, default=0, help="also time this many evaluation batches (samples/s)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads in the children (default: torch's)")
     p.add_argument("--text-len", type=int, default=50)
     p.add_argument("--vision", type=int, nargs=2, default=[232, 177], metavar=("LEN", "DIM"))
     p.add_argument("--audio", type=int, nargs=2, default=[925, 25], metavar=("LEN", "DIM"))
-    p.add_argument("--mem-limit-gib", type=float, default=20.0,
-                   help="a configuration whose address space exceeds this is reported as out of memory")
-    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--mem-limit-gib", type=float, default=22.0,
+                   help="CPU: address-space limit of each child (0 = none); a child above it is reported as OOM")
+    p.add_argument("--json", help="write every measurement and the machine facts to this file")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--authors-tree", help=argparse.SUPPRESS)
     opts = p.parse_args()
-    if opts.variant:  # child process
-        print(json.dumps(one_run(opts)))
+
+    if opts.child:  # child process: one measurement, one JSON line
+        import torch
+
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
+        v = opts.child
+        run = run_authors if v == "authors" else run_materialising if v in ("materialising", "baseline") else run_ours
+        print(json.dumps(run(opts, v)))
         return
-    sizes = opts.batch_size or [8, 16, 32]
+
+    for v in opts.variants:
+        if not v.startswith("ours") or any(x not in ("fp32", "bf16", "auto", "ckpt") for x in v.split("-")[1:]):
+            p.error(f"unknown variant {v!r}")
+    baseline = opts.baseline or ("authors" if opts.authors_repo else "materialising")
+    notes = []
+    if baseline == "authors" and not opts.authors_repo:
+        p.error("--baseline authors needs --authors-repo PATH (or $%s)" % AUTHORS_REPO_ENV)
+    if opts.baseline is None and baseline == "materialising":
+        notes.append("No --authors-repo given: the baseline is the materialising one (our model with "
+                     "[L, L] attention scores materialised, the eager reference op, fp32, plain AdamW), "
+                     "not the authors' code.")
+    tmp = None
+    if baseline == "authors":
+        opts.authors_tree, tmp = authors_tree(opts.authors_repo)
+        missing = [m for m in ("einops", "tabulate", "scipy", "transformers")
+                   if subprocess.run([sys.executable, "-c", f"import {m}"], capture_output=True).returncode]
+        if missing:
+            raise SystemExit(f"the authors' code imports {', '.join(missing)}: install them into this environment "
+                             f"(pip install {' '.join(missing)}); they are not dependencies of kuda_mmsa")
+
+    import torch  # noqa: E402  (after argument errors)
+
+    sys.path.insert(0, str(ROOT))  # this checkout's kuda_mmsa, installed or not (as the children)
+    from kuda_mmsa.training.precision import choose, detect
+
+    device = torch.device(opts.device)
+    cpu_model, flags = cpu_info()
+    threads = opts.threads or torch.get_num_threads()
+    auto, why = choose(opts.precision, detect(device))
+    print(f"# bench_train: stage-2 training step, batch {opts.batch_size}, T {opts.text_len}, "
+          f"V {opts.vision[0]}x{opts.vision[1]}, A {opts.audio[0]}x{opts.audio[1]}, bert-base sizes (random)")
+    print(f"machine: {cpu_model}; CPU flags: {' '.join(flags) or 'none of ' + '/'.join(CPU_FLAGS_SHOWN)}; "
+          f"{threads} torch threads of {os.cpu_count()} CPUs; torch {torch.__version__}")
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}")
+    print(f"checkout {commit_of_checkout()}; ours: precision {auto} ({why})")
+    if baseline == "authors":
+        print(f"authors' code: {opts.authors_repo} (commit {authors_commit(opts.authors_repo)})")
+    for n in notes:
+        print("NOTE: " + n)
+    print(f"{opts.rounds} interleaved round(s), {opts.warmup} warm-up + {opts.steps} timed step(s) per measurement; "
+          "each in its own process", flush=True)
+
     rows = []
-    for b in sizes:
-        for v in opts.variants:
-            cmd = [sys.executable, __file__, "--variant", v, "-b", str(b), "--device", opts.device,
-                   "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--text-len", str(opts.text_len),
-                   "--vision", *map(str, opts.vision), "--audio", *map(str, opts.audio)]
-            limit = int(opts.mem_limit_gib * 2**30)
+    try:
+        for r in range(opts.rounds):
+            order = ([baseline] if baseline != "none" else []) + list(opts.variants)
+            if r % 2:
+                order.reverse()
+            for v in order:
+                res = run_child(opts, v)
+                res["round"] = r + 1
+                rows.append(res)
+                extra = ""
+                if res.get("peak_gpu_gib") is not None:
+                    extra += f", peak GPU {res['peak_gpu_gib']:.2f} GiB"
+                if res.get("eval_samples_per_s"):
+                    extra += f", eval {res['eval_samples_per_s']:.1f} samples/s"
+                if res.get("precision") and v.startswith("ours"):
+                    extra += f", {res['precision']}"
+                msg = (f"{res['step_s']:.3f} s/step, peak RSS {res['peak_rss_gib']:.2f} GiB{extra}"
+                       if res.get("step_s") else f"FAILED: {res.get('error')}")
+                print(f"  round {r + 1} {v:14s}: {msg}  ({res['wall_s']:.0f} s wall)", flush=True)
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
-            def cap():
-                resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    adaptations = next((r.get("adaptations") for r in rows if r.get("adaptations")), None)
+    if adaptations:
+        print("\nAdaptations of the authors' code (at run time, in the child process only):")
+        for a in adaptations:
+            print(f"  - {a}")
 
-            # The child must import kuda_mmsa from this checkout even when it is not installed.
-            root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                                  preexec_fn=cap if opts.device == "cpu" else None)
-            line = proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else ""
-            if line.startswith("{"):
-                rows.append(json.loads(line))
-            else:
-                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                rows.append({"variant": v, "batch": b, "device": opts.device, "step_s": None,
-                             "peak_rss_gib": None, "error": err[:120]})
-            r = rows[-1]
-            gpu = f", peak GPU {r['peak_gpu_gib']:.2f} GiB" if r.get("peak_gpu_gib") is not None else ""
-            print(f"  measured {v:8s} batch {b:3d}: "
-                  + (f"{r['step_s']:.2f} s/step, peak RSS {r['peak_rss_gib']:.2f} GiB{gpu}" if r["step_s"] else r["error"]),
-                  flush=True)
+    gpu = device.type == "cuda"
+    mem_key = "peak_gpu_gib" if gpu else "peak_rss_gib"
+    print(f"\n| round | variant | precision | s/step | peak RSS GiB |{' peak GPU GiB |' if gpu else ''}"
+          f"{' eval samples/s |' if opts.eval_steps else ''} speed-up vs {baseline} | memory vs {baseline} |")
+    print("|---|---|---|---:|---:|" + ("---:|" if gpu else "") + ("---:|" if opts.eval_steps else "") + "---:|---:|")
+    summary = {}
+    for r in rows:
+        base = next((b for b in rows if b["round"] == r["round"] and b["variant"] == baseline), {})
+        speed = base["step_s"] / r["step_s"] if r.get("step_s") and base.get("step_s") else None
+        mem = r[mem_key] / base[mem_key] if r.get(mem_key) and base.get(mem_key) else None
+        if r["variant"] != baseline:
+            summary.setdefault(r["variant"], []).append((speed, mem))
+        cells = [str(r["round"]), r["variant"], r.get("precision", "—"),
+                 fmt(r.get("step_s"), 3) if r.get("step_s") else f"failed: {r.get('error', '?')[:60]}",
+                 fmt(r.get("peak_rss_gib"))]
+        if gpu:
+            cells.append(fmt(r.get("peak_gpu_gib")))
+        if opts.eval_steps:
+            cells.append(fmt(r.get("eval_samples_per_s"), 1))
+        cells += [f"{fmt(speed)}x" if r["variant"] != baseline else "1", f"{fmt(mem)}x" if r["variant"] != baseline else "1"]
+        print("| " + " | ".join(cells) + " |")
     print()
-    fmt = lambda x: f"{x:.2f}" if isinstance(x, (int, float)) else "—"
-    print("| batch | variant | s/step | peak RSS GiB | speed-up vs baseline | memory vs baseline | authors (issue, 2-core CPU) |")
-    print("|---|---|---|---|---|---|---|")
-    for b in sizes:
-        base = next((r for r in rows if r["batch"] == b and r["variant"] == "baseline"), {})
-        a = AUTHORS_CPU.get(b, (None, None))
-        authors = f"{a[0]} s, {a[1]} GiB" if a[0] else ("killed (OOM)" if b in AUTHORS_CPU else "—")
-        for r in (r for r in rows if r["batch"] == b):
-            speed = base.get("step_s") / r["step_s"] if r.get("step_s") and base.get("step_s") else None
-            mem = r["peak_rss_gib"] / base["peak_rss_gib"] if r.get("peak_rss_gib") and base.get("peak_rss_gib") else None
-            print(f"| {b} | {r['variant']} | {fmt(r.get('step_s')) if r.get('step_s') else r.get('error', '—')} | "
-                  f"{fmt(r.get('peak_rss_gib'))} | {fmt(speed)}x | {fmt(mem)}x | {authors} |")
+    for v, pairs in summary.items():
+        sp = [s for s, _ in pairs if s]
+        me = [m for _, m in pairs if m]
+        if sp:
+            print(f"{v} vs {baseline}: {min(sp):.2f}-{max(sp):.2f}x faster, "
+                  f"{min(me):.2f}-{max(me):.2f}x the {'GPU memory' if gpu else 'peak RSS'} over {len(sp)} round(s)")
+    if opts.json:
+        meta = {"cpu": cpu_model, "cpu_flags": flags, "threads": threads, "cpus": os.cpu_count(),
+                "torch": torch.__version__, "commit": commit_of_checkout(), "baseline": baseline,
+                "batch": opts.batch_size, "device": opts.device, "precision_auto": [auto, why], "notes": notes,
+                "gpu": torch.cuda.get_device_name(device) if gpu else None,
+                "shapes": {"T": opts.text_len, "V": opts.vision, "A": opts.audio}}
+        Path(opts.json).write_text(json.dumps({"meta": meta, "rows": rows, "adaptations": adaptations,
+                                               "summary": {v: [{"speedup": s, "memory": m} for s, m in pr]
+                                                           for v, pr in summary.items()}}, indent=1))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,11 @@
 // Templated on the head dim D in {16, 32, 64, 128}; any other d <= 128 runs the next larger
 // D with zero-padded columns.
 //
+// fp16/bf16 inputs take the tensor-core kernels of ratio_attention_tc.cu instead when
+// KUDA_MMSA_TC=1 (opt-in, sm_80+); the SIMT kernels here stay the default.
 // Headers: ATen core and c10/cuda only (no ATen/cuda/CUDAContext.h, no cuBLAS).
+#include "ratio_attention_tc.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -480,6 +484,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> fwd_cuda(const at::Tensor& q_, co
   const bool* mp = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int d = (int)q.size(4);
+  if (tc::wanted(q)) {
+    tc::forward(q, k, v, w, mp, out, o_unw, lse, (float)scale, stream);
+    return {out, o_unw, lse};
+  }
   KUDA_DISPATCH(q.scalar_type(), "ratio_cross_attention_fwd_cuda", [&] {
     KUDA_DISPATCH_D(d, [&] { launch_fwd<scalar_t, kD>(q, k, v, w, mp, out, o_unw, lse, (float)scale, stream); });
   });
@@ -511,6 +519,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
   auto rowdot = at::empty({B, M, H, Lq}, q.options().dtype(at::kFloat));
   const bool* mp = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool use_tc = tc::wanted(q);
   KUDA_DISPATCH(q.scalar_type(), "ratio_cross_attention_bwd_cuda", [&] {
     const long rows = BMH * Lq;
     const int warps = 8;
@@ -518,6 +527,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_cuda(
         reinterpret_cast<const scalar_t*>(g.data_ptr()), o_unw.data_ptr<float>(), w.data_ptr<float>(),
         dvec.data_ptr<float>(), rowdot.data_ptr<float>(), rows, (int)(H * Lq), (int)d);
     check_launch();
+    if (use_tc) {
+      tc::backward(g, q, k, v, w, mp, lse, dvec, dq_acc, dk, dv, (float)scale, stream);
+      return;
+    }
     KUDA_DISPATCH_D(d, [&] {
       launch_bwd<scalar_t, kD>(g, q, k, v, w, mp, lse, dvec, dq_acc, dk, dv, (float)scale, stream);
     });
