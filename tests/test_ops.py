@@ -668,3 +668,40 @@ def test_cuda_tc_and_simt_share_saved_state(monkeypatch):
 def test_cuda_compile_fullgraph():
     _compile_and_compare("cuda", "aot_eager")
     _compile_and_compare("cuda", "inductor")
+
+
+# ---------------------------------------------------------------------- fp64: no silent downcast
+def _fp64_inputs(requires_grad=True):
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 3, 2, 4, 5, generator=g, dtype=torch.float64)
+    k = torch.randn(2, 3, 2, 6, 5, generator=g, dtype=torch.float64)
+    v = torch.randn(2, 3, 2, 6, 5, generator=g, dtype=torch.float64)
+    w = torch.rand(2, 3, generator=g, dtype=torch.float64) + 0.5
+    mask = torch.zeros(2, 3, 6, dtype=torch.bool)
+    mask[0, 1, 3:] = True
+    mask[1, 2, :] = True                     # a source whose keys are all padding
+    return [t.requires_grad_(requires_grad) for t in (q, k, v, w)] + [mask]
+
+
+def test_reference_gradcheck_in_fp64():
+    q, k, v, w, mask = _fp64_inputs()
+    assert torch.autograd.gradcheck(lambda *a: ops.ratio_cross_attention_reference(*a, mask), (q, k, v, w))
+
+
+def test_fp64_through_the_public_op_is_computed_in_fp64():
+    q, k, v, w, mask = _fp64_inputs()
+    out = ops.ratio_cross_attention(q, k, v, w, mask)
+    assert out.dtype == torch.float64
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(5)
+    scores = scores.masked_fill(mask[:, :, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, -1).nan_to_num(0.0)
+    expected = (probs @ v) * w[:, :, None, None, None]
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)   # fp32 would miss by ~1e-7
+    assert torch.autograd.gradcheck(lambda *a: ops.ratio_cross_attention(*a, mask), (q, k, v, w))
+
+
+@pytest.mark.skipif(ops.backend()["cpu"] == "reference", reason="no compiled CPU kernel")
+def test_compiled_cpu_kernel_refuses_fp64_clearly():
+    q, k, v, w, mask = _fp64_inputs(requires_grad=False)
+    with pytest.raises(RuntimeError, match="dtype must be float32, float16 or bfloat16, got Double"):
+        torch.ops.kuda_mmsa.ratio_cross_attention(q, k, v, w, mask, 0.5)

@@ -25,7 +25,9 @@ ABI-mismatched extension never breaks ``import kuda_mmsa``: one warning, then th
 reference. ``backend()`` reports the choice, e.g. ``{"cpu": "compiled", "cuda": "reference"}``.
 
 Inputs the kernels do not take (mixed q/k/v dtypes, other dtypes, d > 128 on CUDA) run
-the reference (or raise under ``require``).
+the reference (or raise under ``require``). fp64 is one of them: the compiled kernels compute
+in fp32 and refuse fp64 with a clear error, so fp64 inputs (``torch.autograd.gradcheck``)
+run the reference, which then computes in fp64, never downcasting.
 
 Tensor cores (opt-in): with ``KUDA_MMSA_TC=1`` (read at every call, so it can be switched at
 run time), fp16/bf16 inputs on an sm_80+ GPU run a FlashAttention-style WMMA kernel (fp32

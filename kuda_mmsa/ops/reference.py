@@ -16,12 +16,14 @@ def ratio_cross_attention_reference(
     """out[b, m] = weight[b, m] * softmax(scale * q[b, m] k[b, m]^T, masked) v[b, m].
 
     q [B, M, H, Lq, d]; k, v [B, M, H, Lk, d]; weight [B, M];
-    key_padding_mask [B, M, Lk] bool, True = padding. Accumulates in fp32 and returns q's dtype.
-    A query row whose keys are all padding returns zeros (and zero gradients), never NaN.
+    key_padding_mask [B, M, Lk] bool, True = padding. Accumulates in fp32 (fp64 inputs in
+    fp64: never a silent downcast) and returns q's dtype. A query row whose keys are all
+    padding returns zeros (and zero gradients), never NaN.
     """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale  # [B, M, H, Lq, Lk]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    scores = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale  # [B, M, H, Lq, Lk]
     if key_padding_mask is not None:
         pad = key_padding_mask[:, :, None, None, :].to(torch.bool)
         all_pad = pad.all(dim=-1, keepdim=True)
@@ -31,5 +33,5 @@ def ratio_cross_attention_reference(
         probs = torch.softmax(scores, dim=-1).masked_fill(all_pad, 0.0)
     else:
         probs = torch.softmax(scores, dim=-1)
-    out = torch.matmul(probs, v.float()) * weight.float()[:, :, None, None, None]
+    out = torch.matmul(probs, v.to(acc)) * weight.to(acc)[:, :, None, None, None]
     return out.to(q.dtype)
