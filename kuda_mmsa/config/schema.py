@@ -19,6 +19,7 @@ from .keys import Key
 
 FUSION_MODES = ("dynamic", "reference")
 FUSIONS = ("daf", "concat", "add", "late")
+KNOWLEDGE_TEXT = ("source", "own", "scratch")
 RATIO_SOURCES = ("reliability", "consensus", "estimate", "prediction", "label")
 PRECISIONS = ("auto", "fp32", "bf16")
 KEY_EVALS = ("Loss", "MAE", "Corr", "Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "Mult_acc_7",
@@ -63,7 +64,7 @@ KEYS: List[Key] = [
            "network's own overall score) and label (training only).", choices=RATIO_SOURCES),
     _model("ratio_k", "float", 0.1,
            "k in r_m = exp(-k (s_m - s)^2) for the agreement sources (consensus, estimate, "
-           "prediction, label); with reliability, the temperature of the reliability softmax.",
+           "prediction, label); not used by reliability, which is scale-free.",
            **_POS),
     _model("ratio_agreement", "float", 1.0,
            "a in the reliability rule: how much a modality that disagrees with the others' median "
@@ -152,6 +153,12 @@ KEYS: List[Key] = [
     _train("knowledge_from", "str", None,
            "Use the stage-1 knowledge trained on this dataset (e.g. sims2 for MOSI/MOSEI, the "
            "paper's protocol); null = the run's own dataset.", optional=True, tunable=False),
+    _train("knowledge_text", "str", "source",
+           "With knowledge_from: where the text branch's knowledge comes from. source: stage 1 on the "
+           "source dataset's text with this run's text encoder (its text must be tokenised for that "
+           "encoder, e.g. sims -> simsv2); own: stage 1 on this run's own data (the multimodal label "
+           "where it has no unimodal labels); scratch: text adapters and decoder start random and "
+           "train in stage 2.", choices=KNOWLEDGE_TEXT, tunable=False),
     # ---- pretrain: stage 1 -------------------------------------------------------------
     _pretrain("learning_rate", "float", 1e-4, "Stage-1 AdamW learning rate.", **_POS),
     _pretrain("weight_decay", "float", 1e-3, "Stage-1 AdamW weight decay.", **_NONNEG),
@@ -167,6 +174,9 @@ KEYS: List[Key] = [
     _run("data_root", "str", None,
          "Folder of MMSA's datasets (MMSA's relative file names); null = $MMSA_DATA_ROOT, else "
          "~/MMSA/datasets.", optional=True),
+    _run("knowledge_feature_file", "str", None,
+         "With knowledge_from: the source dataset's MMSA-format feature pickle; null = that "
+         "dataset's file under the data root.", optional=True),
     _run("knowledge_dir", "str", None,
          "Folder of the stage-1 checkpoints; null = $KUDA_MMSA_KNOWLEDGE_DIR, else ~/MMSA/knowledge.",
          optional=True),
