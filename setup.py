@@ -26,9 +26,12 @@ INSTALL_REQUIRES = [
     "tqdm",
 ]
 EXTRAS = {
-    # matplotlib: the explain/curve tests check the PNGs themselves.
-    "test": ["pytest", "expecttest", "ninja", "matplotlib"],
+    # matplotlib: the explain/curve tests check the PNGs themselves; ray and optuna: the sweep
+    # tests run the embedded Ray executor and an Optuna study (they skip without them).
+    "test": ["pytest", "expecttest", "ninja", "matplotlib", "ray", "optuna"],
     "plot": ["matplotlib"],
+    "ray": ["ray"],              # --executor ray: sweep cells as Ray tasks
+    "optuna": ["optuna"],        # --tuner optuna: TPE with pruning, study in SQLite
 }
 
 

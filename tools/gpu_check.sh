@@ -116,3 +116,133 @@ for name in ("bench_kernels", "bench_train", "bench_train_tc", "bench_train_auth
 short = {k: summary[k] for k in ("build", "build_s", "total_s", "pytest", "pytest_tc")}
 print(json.dumps(short, indent=1))
 EOF
+
+# ==================================================================================================
+# DDP section (issue 12: data-parallel training under torchrun). Separate from the checks above and
+# run after them; DDP=0 skips it. On one GPU the processes share it (gloo: NCCL needs one GPU per
+# process); with two or more GPUs they use NCCL, one GPU each.
+#   a. scaling: KuDA training steps (paper-sized fusion, vision/audio at CH-SIMS v2 lengths, the
+#      demo's tiny BERT, $DDP_BATCH samples per process) with 1 process, then 2 (and every GPU when
+#      more than 2 are lent), reported in samples/s -> $OUT/ddp_scaling.json;
+#   b. tests/test_distributed.py (2 processes: equal to one process, one row/weights file, a killed
+#      rank resumes) on this machine's devices -> $OUT/ddp_pytest.log;
+#   c. end to end: torchrun --nproc_per_node 2 -m kuda_mmsa -m kuda -d demo (2 epochs) and the same
+#      run in one process, test metrics side by side -> $OUT/ddp_e2e_*.log, $OUT/ddp_summary.json.
+# Knobs: DDP_BATCH (16 per process), DDP_STEPS (20 timed steps after 5 warm-up), DDP_TIMEOUT (300 s each).
+# ==================================================================================================
+if [ "${DDP:-1}" != 0 ]; then
+  echo "---- DDP section at $(elapsed) s"
+  export KUDA_MMSA_CACHE=${KUDA_MMSA_CACHE:-$OUT/ddp_cache} KUDA_MMSA_KNOWLEDGE_DIR=${KUDA_MMSA_KNOWLEDGE_DIR:-$OUT/ddp_knowledge}
+  NGPU=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+  cat > "$OUT/ddp_bench.py" <<'EOF'
+"""KuDA training steps under torchrun: samples/s over every process (rank 0 writes --json)."""
+import argparse, json, os, time
+import torch
+from kuda_mmsa.mmsa.args import build_args
+from kuda_mmsa.model import build_kuda
+from kuda_mmsa.training import distributed as D
+from kuda_mmsa.training.optim import make_adamw
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--batch", type=int, default=16)
+ap.add_argument("--steps", type=int, default=20)
+ap.add_argument("--warmup", type=int, default=5)
+ap.add_argument("--json", required=True)
+a = ap.parse_args()
+ctx = D.env_context()
+device, backend, notes = D.choose_device(ctx, [], "auto")
+if ctx.distributed:
+    D.init(ctx, backend, device)
+else:
+    backend = "none"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+ctx = D.current()
+paper = dict(hidden_size=256, fusion_heads=8, fusion_head_dim=64, fusion_ff_size=512, av_hidden_size=128,
+             av_layers=4, av_heads=8, av_ff_size=64, precision="fp32")
+args, _ = build_args("kuda", "demo", config=paper)
+T, A, V = 50, 925, 232                       # CH-SIMS v2 lengths; [T, A, V] order
+args["seq_lens"], args["feature_dims"] = [T, A, V], [args["feature_dims"][0], 25, 177]
+torch.manual_seed(0)
+model = build_kuda(args).to(device)
+net = D.wrap(model, device) if ctx.distributed else model
+opt = make_adamw([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
+g = torch.Generator().manual_seed(ctx.rank)
+b = a.batch
+text = torch.stack([torch.randint(1, 500, (b, T), generator=g), torch.ones(b, T, dtype=torch.long),
+                    torch.zeros(b, T, dtype=torch.long)], 1).float().to(device)
+batch = dict(text=text, audio=torch.randn(b, A, 25, generator=g).to(device),
+             vision=torch.randn(b, V, 177, generator=g).to(device),
+             audio_lengths=torch.full((b,), A, device=device), vision_lengths=torch.full((b,), V, device=device))
+y = torch.randn(b, 1, generator=g).clamp(-1, 1).to(device)
+
+def step():
+    out = net(**batch, labels=y)
+    loss = torch.nn.functional.mse_loss(out["M"].float(), y) + (out["aux"] if "aux" in out else 0)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+def sync():
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    ctx.barrier()
+
+for _ in range(a.warmup):
+    step()
+sync()
+t0 = time.perf_counter()
+for _ in range(a.steps):
+    step()
+sync()
+seconds = time.perf_counter() - t0
+if ctx.is_main:
+    res = {"processes": ctx.world_size, "backend": backend, "device": str(device), "notes": notes,
+           "batch_per_process": b, "steps": a.steps, "seconds": round(seconds, 3),
+           "samples_per_s": round(ctx.world_size * b * a.steps / seconds, 1),
+           "gpus": torch.cuda.device_count(), "gpu": torch.cuda.get_device_name() if device.type == "cuda" else None}
+    print(json.dumps(res))
+    with open(a.json, "w") as f:
+        json.dump(res, f)
+if ctx.distributed:
+    D.shutdown()
+EOF
+  DDP_PROCS="1 2"
+  if [ "$NGPU" -gt 2 ]; then DDP_PROCS="1 2 $NGPU"; fi
+  for P in $DDP_PROCS; do
+    timeout ${DDP_TIMEOUT:-300} $PY -m torch.distributed.run --standalone --nproc_per_node $P "$OUT/ddp_bench.py" \
+      --batch ${DDP_BATCH:-16} --steps ${DDP_STEPS:-20} --json "$OUT/ddp_bench_$P.json" 2>&1 | tee "$OUT/ddp_bench_$P.log" | tail -3
+    echo "ddp bench ($P process(es)) exit ${PIPESTATUS[0]} at $(elapsed) s"
+  done
+  timeout ${DDP_TIMEOUT:-300} $PY -m pytest tests/test_distributed.py -q -rs -p no:cacheprovider \
+    --junitxml="$OUT/ddp_pytest.xml" 2>&1 | tee "$OUT/ddp_pytest.log" | tail -5
+  echo "ddp pytest exit ${PIPESTATUS[0]} at $(elapsed) s"
+  printf 'epochs: 2\nearly_stop: 5\nprecision: fp32\n' > "$OUT/ddp_e2e.yaml"
+  E2E="-m kuda -d demo -s 1111 -n 2 -c $OUT/ddp_e2e.yaml --no-progress --no-plots"
+  timeout ${DDP_TIMEOUT:-300} $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m kuda_mmsa $E2E \
+    --model-save-dir "$OUT/ddp_e2e2/m" --res-save-dir "$OUT/ddp_e2e2/r" --log-dir "$OUT/ddp_e2e2/l" \
+    > "$OUT/ddp_e2e_2.log" 2>&1
+  echo "ddp e2e (2 processes) exit $? at $(elapsed) s"
+  timeout ${DDP_TIMEOUT:-300} $PY -m kuda_mmsa $E2E -g 0 \
+    --model-save-dir "$OUT/ddp_e2e1/m" --res-save-dir "$OUT/ddp_e2e1/r" --log-dir "$OUT/ddp_e2e1/l" \
+    > "$OUT/ddp_e2e_1.log" 2>&1
+  echo "ddp e2e (1 process) exit $? at $(elapsed) s"
+  OUT="$OUT" $PY - <<'EOF'
+import glob, json, os, pathlib, re
+out = pathlib.Path(os.environ["OUT"])
+runs = []
+for f in sorted(glob.glob(str(out / "ddp_bench_*.json")), key=lambda p: int(re.findall(r"_(\d+)\.json", p)[0])):
+    runs.append(json.loads(pathlib.Path(f).read_text()))
+base = next((r["samples_per_s"] for r in runs if r["processes"] == 1), None)
+for r in runs:
+    r["speedup"] = round(r["samples_per_s"] / base, 2) if base else None
+def result(log):
+    p = out / log
+    m = re.findall(r"Result for seed 1111: (.*)", p.read_text()) if p.exists() else []
+    return m[-1] if m else None
+summary = {"scaling": runs, "e2e": {"2 processes": result("ddp_e2e_2.log"), "1 process": result("ddp_e2e_1.log")},
+           "pytest_log_tail": (out / "ddp_pytest.log").read_text().splitlines()[-3:] if (out / "ddp_pytest.log").exists() else None}
+(out / "ddp_summary.json").write_text(json.dumps(summary, indent=1))
+print(json.dumps(summary, indent=1))
+EOF
+fi

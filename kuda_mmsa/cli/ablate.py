@@ -11,6 +11,11 @@ seeds). Resumable: a (variant, seed) already in ablation.csv is not run again. F
 variants on data annotated 'dominant:<modality>' (the demo data) ``DomFrac`` is the fraction
 of test samples whose largest ratio is on the annotated dominant modality. Variants are a
 registry (kuda_mmsa.cli.variants).
+
+Parallel: ``--devices 0,1,2,3`` (or ``cpu:4``) runs one cell per device at a time, each in its
+own process; ``--executor ray [--address ADDR]`` runs each cell as a Ray task. One progress
+line per finished cell; every finished cell is written to ablation.csv at once, so a killed
+sweep restarted with the same command runs only the missing cells.
 """
 from __future__ import annotations
 
@@ -31,7 +36,9 @@ from ..mmsa.args import RUN_KEYS
 from ..mmsa.datasets import canonical_name
 from ..mmsa.register import register
 from ..mmsa.run import MMSA_run
+from ..training.distributed import env_context
 from ..training.evaluation import dominant_fraction
+from ..training.sweeps import Cell, CellResult, Executor, describe_result, make_executor, run_cells
 from .common import add_flags, guarded, overrides
 from ..data.corruption import KINDS
 from .explain import collect
@@ -134,13 +141,42 @@ def _dominant_fraction(weights: Path, dataset: str, feature_file) -> Optional[fl
     return dominant_fraction(rows)
 
 
+def run_cell(variant: dict, dataset: str, seed: int, run_dir: str, feature_file=None, config_file=None,
+             num_workers: int = 0, verbose_level: int = 1, config: Optional[dict] = None, gpu_ids=None) -> dict:
+    """One (variant, seed) as a sweep cell (in a worker process or a Ray task): run_one with
+    JSON-able arguments (the variant as its fields, so that registered variants travel)."""
+    return run_one(Variant(**variant), dataset, int(seed), Path(run_dir), feature_file=feature_file,
+                   config_file=config_file, num_workers=num_workers, verbose_level=verbose_level, config=config,
+                   gpu_ids=gpu_ids)
+
+
+def _cells(todo, dataset, out: Path, feature_file, config_file, num_workers, verbose_level, config) -> List[Cell]:
+    cells = []
+    for name, seed in todo:
+        v = VARIANTS[name]
+        run_dir = out / "runs" / name / f"seed{seed}"
+        kwargs = dict(variant={"name": v.name, "model": v.model, "config": dict(v.config),
+                               "description": v.description},
+                      dataset=dataset, seed=int(seed), run_dir=str(run_dir),
+                      feature_file=str(feature_file) if feature_file else None,
+                      config_file=str(config_file) if config_file else None, num_workers=int(num_workers or 0),
+                      verbose_level=int(verbose_level), config=dict(config or {}))
+        cells.append(Cell(f"{name} seed {seed}", run_cell, kwargs, run_dir, label=v.description))
+    return cells
+
+
 def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: Iterable[str] = DEFAULT_VARIANTS,
                  out="ablation", feature_file=None, config_file=None, num_workers: int = 0,
                  verbose_level: int = 1, config: Optional[dict] = None, echo=print,
-                 robustness: Optional[dict] = None, reference: Optional[str] = None) -> dict:
-    """Runs the missing (variant, seed) pairs; returns {'csv', 'markdown', 'table', 'ran'}.
+                 robustness: Optional[dict] = None, reference: Optional[str] = None,
+                 executor: Optional[Executor] = None) -> dict:
+    """Runs the missing (variant, seed) pairs, in this process or as cells on ``executor``
+    (kuda_mmsa.training.sweeps); returns {'csv', 'markdown', 'table', 'ran', 'failed'}.
     With ``robustness`` (a corruption grid: kinds, modalities, rates, snr_db) every cell is
     then evaluated under test-time corruption (kuda_mmsa.cli.robustness)."""
+    if env_context().distributed:
+        raise KudaInputError("ablate runs many runs: start it without torchrun and spread its cells with "
+                             "--devices 0,1,... or --executor ray.")
     variants = list(variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -150,19 +186,37 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     csv_path, md_path = out / "ablation.csv", out / "ablation.md"
     rows = read_rows(csv_path)
     done = {(r["variant"], int(r["seed"])) for r in rows}
-    ran = []
-    for name in variants:
-        v = VARIANTS[name]
-        for seed in seeds:
-            if (name, int(seed)) in done:
-                continue
+    todo = [(name, int(seed)) for name in variants for seed in seeds if (name, int(seed)) not in done]
+    ran, failed = [], []
+    if executor is None:
+        for name, seed in todo:
+            v = VARIANTS[name]
             echo(f"[ablate] {name} seed {seed}: running ({v.description})")
+            t0 = time.time()
             res = run_one(v, dataset, int(seed), out / "runs" / name / f"seed{seed}", feature_file=feature_file,
                           config_file=config_file, num_workers=num_workers, verbose_level=verbose_level,
                           config=config)
             rows.append({"variant": name, "model": v.model, "seed": int(seed), **res})
             write_rows(rows, csv_path)          # after every run: an interruption loses nothing
             ran.append((name, int(seed)))
+            echo(f"[ablate] {name} seed {seed}: "
+                 + describe_result(CellResult(name, True, res, seconds=time.time() - t0)))
+    elif todo:
+        echo(f"[ablate] {len(todo)} cell(s) to run on {executor.describe()}; {len(done)} already in {csv_path}")
+        cells = _cells(todo, dataset, out, feature_file, config_file, num_workers, verbose_level, config)
+        by_key = {c.key: pair for c, pair in zip(cells, todo)}
+
+        def on_done(r: CellResult):
+            name, seed = by_key[r.key]
+            if r.ok:
+                rows.append({"variant": name, "model": VARIANTS[name].model, "seed": seed, **r.value})
+                write_rows(rows, csv_path)      # at once: a killed sweep keeps every finished cell
+                ran.append((name, seed))
+            else:
+                failed.append((name, seed, r.error))
+            echo(f"[ablate] {r.key}: {describe_result(r)}")
+
+        run_cells(executor, cells, on_done)
     selected = [r for r in rows if r["variant"] in variants and int(r["seed"]) in {int(s) for s in seeds}]
     table = summarize(selected, variants)
     header = (f"Dataset `{dataset}`{' (' + str(feature_file) + ')' if feature_file else ''}, seeds "
@@ -171,7 +225,7 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     md_path.write_text(header + table)
     if not csv_path.exists():
         write_rows(rows, csv_path)
-    result = {"csv": csv_path, "markdown": md_path, "table": table, "ran": ran}
+    result = {"csv": csv_path, "markdown": md_path, "table": table, "ran": ran, "failed": failed}
     if robustness:
         cells = [(VARIANTS[name], int(seed)) for name in variants for seed in seeds]
         result["robustness"] = ablation_robustness(out, dataset, cells, robustness, feature_file, config_file,
@@ -184,7 +238,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_flags(p, "dataset", "feature_file", "seeds", "config", "data_root", "knowledge_dir", "pretrained",
-              "num_workers", "verbose", "no_plots", "no_progress", "out", dataset="required", out="ablation")
+              "num_workers", "verbose", "no_plots", "no_progress", "out", "devices", "executor", "address",
+              dataset="required", out="ablation")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                    metavar="VARIANT", help="Default: " + ", ".join(DEFAULT_VARIANTS))
     g = p.add_argument_group("robustness (test-time corruption of every cell)")
@@ -201,14 +256,23 @@ def run(a) -> int:
     if a.robustness is not None:
         grid = {"kinds": a.robustness or list(KINDS), "modalities": a.modality, "rates": a.rate,
                 "snr_db": a.snr_db}
-    res = run_ablation(canonical_name(a.dataset), a.seeds or DEFAULT_SEEDS, a.variants, a.out,
-                       feature_file=a.feature_file, config_file=a.config or None, num_workers=a.num_workers,
-                       verbose_level=a.verbose, config=overrides(a) or None, robustness=grid,
-                       reference=a.reference)
+    executor = make_executor(a.devices, a.executor, a.address)
+    try:
+        res = run_ablation(canonical_name(a.dataset), a.seeds or DEFAULT_SEEDS, a.variants, a.out,
+                           feature_file=a.feature_file, config_file=a.config or None, num_workers=a.num_workers,
+                           verbose_level=a.verbose, config=overrides(a) or None, robustness=grid,
+                           reference=a.reference, executor=executor)
+    finally:
+        if executor is not None:
+            executor.close()
     print(res["table"])
     if grid:
         print(res["robustness"]["markdown"].read_text())
     print(f"CSV: {res['csv']}\nMarkdown: {res['markdown']}\nran now: {len(res['ran'])} run(s)")
+    if res["failed"]:
+        print(f"{len(res['failed'])} cell(s) failed (run the same command again to retry them): "
+              + "; ".join(f"{n} seed {s}" for n, s, _ in res["failed"]))
+        return 3
     return 0
 
 

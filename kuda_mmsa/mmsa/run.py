@@ -18,6 +18,7 @@ MMSA's random search or Optuna (``tuner='optuna'``).
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import sys
@@ -34,6 +35,7 @@ from ..data.loaders import global_batch_size
 from ..errors import KudaInputError, KudaTrainingError
 from ..files import ensure_writable_dir, remove_stale_temps
 from ..training import distributed
+from ..training.checkpoints import weights_info_path
 from ..training.metrics import lower_is_better
 from ..training.sweeps import (Cell, EpochMonitor, Executor, InlineExecutor, OptunaReporter, OptunaTuner,
                                TrialPruned, describe_result, run_cells)
@@ -139,20 +141,21 @@ def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool =
                 f"Lower its learning_rate.") from None
         raise
 
-    def load_best():
+    def load_best(net):
         if not save.is_file():
             raise KudaTrainingError(f"{args['model_name']} saved no weights at {save}: nothing can be tested.")
-        model.load_state_dict(torch.load(save, map_location=args["device"], weights_only=True))
+        net.load_state_dict(torch.load(save, map_location=args["device"], weights_only=True))
 
     if ctx.distributed:
-        ctx.on_main(load_best)
+        ctx.on_main(functools.partial(load_best, model))
         ctx.sync_module(model)
     else:
-        load_best()
+        load_best(model)
     model.to(args["device"])
     results = trainer.do_test(model, dataloader["test"], mode="TEST")
     if is_tune and ctx.is_main:
         save.unlink(missing_ok=True)        # MMSA deletes tune-mode weights
+        weights_info_path(save).unlink(missing_ok=True)
     del model
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -202,7 +205,11 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
 
     device, owned, notes = None, False, []
     if ctx.distributed:
+        # Refusals before the process group starts (every rank refuses alike; none waits)
         device, backend, notes = distributed.choose_device(ctx, gpu_ids, dist_backend)
+        checked, _ = build_args(model_name, dataset_name, config_file, config, config_source,
+                              custom_feature=custom_feature)
+        global_batch_size(checked["batch_size"], ctx.world_size, bool(checked.get("per_rank_batch")))
         owned = distributed.init(ctx, backend, device)
     try:
         # MMSA draws tune configs from the clock (the same draws on every rank)
@@ -402,7 +409,7 @@ def run_trial(model_name: str, dataset_name: str, params: dict, seed: int, trial
             res = run_seed(args, num_workers, is_tune=True, log_args=True, on_epoch=monitor)
         except TrialPruned as e:
             logger.info(f"Trial {e}")
-            for p in (save, Path(str(save) + ".resume")):
+            for p in (save, weights_info_path(save), Path(str(save) + ".resume")):
                 p.unlink(missing_ok=True)
             return {"pruned": True, "valid": monitor.best, "epochs": monitor.epochs, "results": None}
         logger.info("Trial results: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))

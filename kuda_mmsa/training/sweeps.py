@@ -386,6 +386,7 @@ def describe_result(r: CellResult, metrics: Sequence[str] = ("MAE", "Corr")) -> 
     where = f" on {r.where}" if r.where else ""
     if r.ok:
         value = r.value if isinstance(r.value, dict) else {}
+        value = value.get("results") if isinstance(value.get("results"), dict) else value   # a tuning trial
         shown = ", ".join(f"{m} {float(value[m]):.4f}" for m in metrics
                           if isinstance(value.get(m), (int, float)))
         return f"done in {r.seconds:.1f} s{where}" + (f": {shown}" if shown else "")
@@ -410,6 +411,11 @@ def _storage(optuna, url: str):
     return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 120}})
 
 
+def _pruner(optuna, n_startup_trials: int, n_warmup_steps: int = 1):
+    # The pruner is not stored with the study: the tuner and each trial's process build the same.
+    return optuna.pruners.MedianPruner(n_startup_trials=int(n_startup_trials), n_warmup_steps=int(n_warmup_steps))
+
+
 class OptunaReporter:
     """In a trial's process: reports each epoch's validation value to the study and raises
     TrialPruned when the pruner says so. Storage errors switch pruning off (one notice)."""
@@ -423,7 +429,8 @@ class OptunaReporter:
         try:
             if self._trial is None:
                 optuna = _import_optuna()
-                study = optuna.load_study(study_name=self.spec["study"], storage=_storage(optuna, self.spec["storage"]))
+                study = optuna.load_study(study_name=self.spec["study"], storage=_storage(optuna, self.spec["storage"]),
+                                          pruner=_pruner(optuna, self.spec.get("n_startup_trials", 5)))
                 self._trial = optuna.trial.Trial(study, int(self.spec["trial_id"]))
             self._trial.report(float(value), step=int(epoch))
             prune = self._trial.should_prune()
@@ -491,7 +498,8 @@ class OptunaTuner:
         # A fresh seed per session: a resumed study does not repeat its first random trials.
         sampler = optuna.samplers.TPESampler(seed=None if seed is None else int(seed) + n_before,
                                              n_startup_trials=n_startup_trials)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=1)
+        self.n_startup_trials = int(n_startup_trials)
+        pruner = _pruner(optuna, n_startup_trials)
         self.study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                          direction=direction, load_if_exists=True)
         self.db_path = db_path
@@ -534,7 +542,8 @@ class OptunaTuner:
                     trial = self.study.ask()
                     params = self._suggest(trial)
                     # the trial's storage id: how its process reopens it (optuna.trial.Trial(study, id))
-                    spec = {"storage": self.url, "study": self.study_name, "trial_id": trial._trial_id}
+                    spec = {"storage": self.url, "study": self.study_name, "trial_id": trial._trial_id,
+                            "n_startup_trials": self.n_startup_trials}
                     cell = make_cell(trial.number, params, spec)
                     executor.submit(cell)
                     running[cell.key] = (trial, params)
