@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Callable, Dict
 
+from ..config.schema import KNOWLEDGE_TEXT
 from ..errors import KudaError
 from ..mmsa.args import model_choices
 from ..mmsa.datasets import canonical_name, dataset_choices
@@ -51,6 +52,13 @@ FLAGS: Dict[str, tuple] = {
     "knowledge_from": (("--knowledge-from",), dict(type=str.lower, default=None, choices=dataset_choices(),
                        help="Use the stage-1 knowledge trained on this dataset (the paper's protocol "
                             "for MOSI/MOSEI: sims2).")),
+    "knowledge_text": (("--knowledge-text",), dict(type=str.lower, default=None, choices=list(KNOWLEDGE_TEXT),
+                       help="With --knowledge-from: the text knowledge from the source dataset (source: its text "
+                            "must be tokenised for this run's encoder), this dataset's own (own) or none, trained "
+                            "in stage 2 (scratch). Default: the config's knowledge_text (source)")),
+    "knowledge_feature_file": (("--knowledge-feature-file",), dict(type=str, default=None,
+                               help="With --knowledge-from: the source dataset's feature pickle. Default: its "
+                                    "file under the data root")),
     "pretrained": (("--pretrained",), dict(type=str, default=None,
                    help="Text encoder: a local folder or a Hugging Face name in the local cache "
                         "('demo-tiny-bert' = the local demo BERT).")),
@@ -85,6 +93,8 @@ CONFIG_FLAGS: Dict[str, Callable[[Any], tuple]] = {
     "data_root": lambda v: ("data_root", v),
     "knowledge_dir": lambda v: ("knowledge_dir", v),
     "knowledge_from": lambda v: ("knowledge_from", canonical_name(v)),
+    "knowledge_text": lambda v: ("knowledge_text", v),
+    "knowledge_feature_file": lambda v: ("knowledge_feature_file", v),
     "pretrained": lambda v: ("pretrained", v),
     "no_plots": lambda v: ("plots", False),
     "no_progress": lambda v: ("progress", False),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from . import ablate, config_cmd, explain, pretrain, robustness, train
+from . import ablate, config_cmd, evaluate, explain, pretrain, reproduce, retokenize, robustness, train
 
 USAGE = """commands:
   {prog} [train] -m kuda -d demo -s 1111   train and test (MMSA's flags; the default command)
@@ -12,6 +12,9 @@ USAGE = """commands:
   {prog} explain --weights W               per-sample ratios, predictions and plots
   {prog} ablate -d demo -s 1111            KuDA variants and MMSA peers, mean ± std over seeds
   {prog} robustness --weights W            test-time corruption (missing, noise, swap) of one modality
+  {prog} evaluate --weights W -d mosei     a trained model on other data, without fine-tuning
+  {prog} reproduce --dry-run               the paper's table: stage 1, stage 2, ablations, MMSA peers
+  {prog} retokenize --feature-file F ...   rebuild text ids from raw text for another text encoder
   {prog} config show -d sims2              the effective config and where each value came from
   {prog} config keys                       every key: type, range, default, help
 """
@@ -23,6 +26,9 @@ COMMANDS = {
     "ablate": ablate,
     "config": config_cmd,
     "robustness": robustness,
+    "evaluate": evaluate,
+    "reproduce": reproduce,
+    "retokenize": retokenize,
 }
 
 

@@ -32,7 +32,15 @@ for _v in (
             "the authors' computation (label ratio in training, none at evaluation)"),
     Variant("kuda_static", "kuda", {"use_ratio": False}, "static fusion: every modality weight 1"),
     Variant("kuda_no_knowledge", "kuda", {"use_knowledge": False},
-            "no stage-1 knowledge: adapters and decoders from scratch"),
+            "adapters without stage-1 pre-training: adapters and decoders random, trained in stage 2"),
+    Variant("kuda_no_adapters", "kuda", {"use_adapters": False},
+            "no knowledge adapters at all: each encoder's own output (encoders and decoders from stage 1)"),
+    # the fusion ablations: DAF replaced, same encoders, adapters, head, loss and ratio
+    Variant("kuda_concat", "kuda", {"fusion": "concat"},
+            "DAF replaced by concatenation (Linear 3D -> D, one Transformer layer)"),
+    Variant("kuda_add", "kuda", {"fusion": "add"}, "DAF replaced by addition (weighted mean, one Transformer layer)"),
+    Variant("kuda_late", "kuda", {"fusion": "late"},
+            "DAF replaced by late fusion: the head on each modality, weighted mean of the predictions"),
     Variant("kuda_no_ce", "kuda", {"ce_weight": 0.0}, "no correlation-estimation loss"),
     Variant("kuda_consensus", "kuda", {"ratio_source": "consensus"}, "ratio target = mean unimodal score"),
     Variant("kuda_estimate", "kuda", {"ratio_source": "estimate"}, "ratio target = learned label-free estimate"),
@@ -53,6 +61,9 @@ for _v in (
     Variant("lf_dnn", "lf_dnn", {}, "MMSA LF-DNN"),
     Variant("tfn", "tfn", {}, "MMSA TFN"),
     Variant("self_mm", "self_mm", {}, "MMSA Self-MM (BERT = the dataset's text encoder)"),
+    Variant("lmf", "lmf", {}, "MMSA LMF"),
+    Variant("mult", "mult", {}, "MMSA MulT (without CTC)"),
+    Variant("misa", "misa", {}, "MMSA MISA (BERT = the dataset's text encoder)"),
 ):
     register_variant(_v)
 

@@ -136,6 +136,19 @@ def _kuda_args(facts: dict, eff: Effective) -> dict:
             raise KudaInputError(
                 f"knowledge_from '{args['knowledge_from']}' ({eff.sources['knowledge_from']}) is not a "
                 f"dataset; choices: {', '.join(sorted(DATASETS))}.")
+    if args.get("knowledge_from") and args["knowledge_from"] != facts["name"]:
+        # the source dataset's facts: training/transfer.py reads its features and labels
+        src = get_facts(args["knowledge_from"], generate_demo=not args.get("knowledge_feature_file"))
+        args["knowledge_source"] = {
+            "dataset": src["name"], "featurePath": src["featurePath"], "label_range": list(src["label_range"]),
+            "has_unimodal_labels": bool(src["has_unimodal_labels"]), "language": src["language"],
+            "default_bert": src["default_bert"], "download": src.get("download")}
+    elif args.get("knowledge_feature_file"):
+        state = (f"'{args['knowledge_from']}', the run's own dataset" if args.get("knowledge_from") else "not set")
+        raise KudaInputError(
+            f"knowledge_feature_file ({eff.sources['knowledge_feature_file']}) is the feature file of the "
+            f"dataset named by knowledge_from, but knowledge_from is {state}. Set knowledge_from "
+            f"(--knowledge-from DATASET) to another dataset, or drop the file.")
     return args
 
 
@@ -266,6 +279,13 @@ def finish(args: dict, facts: dict, custom_feature=None) -> edict:
     args["dataset_download"] = facts.get("download")
     args["knowledge_dir"] = str(Path(args["knowledge_dir"]).expanduser() if args.get("knowledge_dir")
                                 else default_knowledge_root())
+    source = args.get("knowledge_source")
+    if source:      # knowledge_from: where the source dataset's features are
+        own = args.get("knowledge_feature_file")
+        rel = source.get("featurePath")
+        source["feature_file"] = str(Path(own).expanduser() if own else
+                                     (Path(str(rel)).expanduser() if Path(str(rel)).expanduser().is_absolute()
+                                      else root / str(rel)))
     if args.get("pretrained") is not None:
         args["pretrained"] = resolve_pretrained(args["pretrained"])
         enc = text_encoder_config(args["pretrained"]) if args.get("use_bert") else None

@@ -6,9 +6,19 @@ decoder.
 In reference mode (or with ``authors_dropout``) the encoders train as the authors' do: dropout
 on the attention probabilities of the vision/audio encoders and the adapters (torch's
 TransformerEncoderLayer); reference mode also starts the position embeddings at zero. Without adapters (``use_adapters: false``) a
-branch's output is its encoder's last state only."""
+branch's output is its encoder's last state only.
+
+Text encoders: any Hugging Face encoder whose model returns every hidden state; tested with the
+families BERT, RoBERTa, XLM-R, DeBERTa-v2/v3 and ELECTRA (ENCODER_FAMILIES). Per model type:
+padded positions (attention mask 0) get the encoder's own pad id (RoBERTa/XLM-R count positions
+from it), segment ids are passed only to encoders with two or more token types (RoBERTa/XLM-R
+have one, DeBERTa-v3 none: zeros), and the adapter taps scale with the encoder's depth. Token
+ids must come from the encoder's own tokenizer: ``check_tokenization`` compares a feature
+file's ids with what the encoder's tokenizer makes of the file's raw text."""
+import inspect
 import os
-from typing import Any, Optional, Tuple
+from collections import Counter
+from typing import Any, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -17,6 +27,8 @@ from ..errors import KudaInputError
 from .adapters import AdapterChain, UnimodalDecoder
 from .config import KuDAConfig, scaled_layer_indices
 from .layers import TransformerStack, padding_mask
+
+ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "electra")
 
 
 def load_text_encoder(pretrained: Any) -> nn.Module:
@@ -39,7 +51,8 @@ def load_text_encoder(pretrained: Any) -> nn.Module:
         raise KudaInputError(
             f"Could not load the text encoder {str(pretrained)!r} (config key 'pretrained' or "
             f"--pretrained): {exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "Expected a local folder holding a BERT (config.json + weights) or a hub name present "
+            "Expected a local folder holding a Hugging Face text encoder (config.json + weights; "
+            "BERT, RoBERTa, XLM-R, DeBERTa-v2/v3 or ELECTRA) or a hub name present "
             "in the local Hugging Face cache; this machine may have no hub access. Download the "
             "model once (e.g. `huggingface-cli download bert-base-chinese --local-dir DIR`) and "
             "pass --pretrained DIR."
@@ -76,8 +89,16 @@ class TextBranch(nn.Module):
         super().__init__()
         self.bert = load_text_encoder(text_encoder if text_encoder is not None else config.pretrained)
         bert_cfg = self.bert.config
+        if getattr(bert_cfg, "is_encoder_decoder", False) or not hasattr(bert_cfg, "num_hidden_layers"):
+            raise KudaInputError(
+                f"The text encoder {getattr(bert_cfg, 'name_or_path', '')!r} (model type "
+                f"{getattr(bert_cfg, 'model_type', '?')!r}) is not an encoder with hidden states per layer; "
+                f"use an encoder such as {', '.join(ENCODER_FAMILIES)}.")
         self.width = bert_cfg.hidden_size
         self.vocab_size = bert_cfg.vocab_size
+        self.pad_id = getattr(bert_cfg, "pad_token_id", None)
+        self.type_vocab_size = int(getattr(bert_cfg, "type_vocab_size", 0) or 0)
+        self.takes_token_types = "token_type_ids" in inspect.signature(self.bert.forward).parameters
         depth = bert_cfg.num_hidden_layers
         self.taps = scaled_layer_indices(list(config.text_adapter_layers), depth)
         self.norm = nn.LayerNorm(self.width)
@@ -94,19 +115,43 @@ class TextBranch(nn.Module):
         if lo < 0 or hi >= self.vocab_size:
             raise KudaInputError(
                 f"Token ids in 'text_bert' range over [{lo}, {hi}] but the text encoder "
-                f"{self.bert.config.name_or_path!r} has a vocabulary of {self.vocab_size} tokens "
-                "(expected ids in [0, vocab_size)). The feature file was tokenised with another "
-                "BERT vocabulary (e.g. Chinese ids on an English BERT): set 'pretrained' to the "
-                "BERT the features were made with (bert-base-chinese for SIMS sets, "
-                "bert-base-uncased for MOSI/MOSEI)."
+                f"{self.bert.config.name_or_path!r} ({self.bert.config.model_type}) has a vocabulary of "
+                f"{self.vocab_size} tokens (expected ids in [0, vocab_size)). The feature file was "
+                "tokenised with another vocabulary (e.g. Chinese ids on an English BERT): set 'pretrained' "
+                "to the encoder the features were made with (bert-base-chinese for SIMS sets, "
+                "bert-base-uncased for MOSI/MOSEI), or rebuild the ids from the raw text with "
+                "`python -m kuda_mmsa retokenize`."
             )
 
-    def forward(self, text: torch.Tensor, masked: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encoder_inputs(self, text: torch.Tensor) -> dict:
+        """The encoder's keyword inputs for text [B, 3, L] (ids, attention mask, segment ids),
+        per model type: padding gets the encoder's pad id, segment ids go only to encoders
+        with two or more token types (checked against their number), zeros otherwise."""
         ids = text[:, 0].long()
         attn = text[:, 1].long()
         seg = text[:, 2].long()
         self.check_ids(ids)
-        out = self.bert(input_ids=ids, attention_mask=attn, token_type_ids=seg, output_hidden_states=True)
+        if self.pad_id is not None:
+            ids = ids.masked_fill(attn == 0, int(self.pad_id))
+        out = {"input_ids": ids, "attention_mask": attn}
+        if self.takes_token_types:
+            if self.type_vocab_size >= 2:
+                lo, hi = int(seg.min()), int(seg.max())
+                if lo < 0 or hi >= self.type_vocab_size:
+                    raise KudaInputError(
+                        f"Segment ids in 'text_bert' (its third row) range over [{lo}, {hi}] but the text "
+                        f"encoder {self.bert.config.name_or_path!r} has {self.type_vocab_size} token types. "
+                        "The feature file was made for another encoder: rebuild the ids with "
+                        "`python -m kuda_mmsa retokenize`.")
+                out["token_type_ids"] = seg
+            elif self.type_vocab_size == 1:
+                out["token_type_ids"] = torch.zeros_like(seg)
+        return out
+
+    def forward(self, text: torch.Tensor, masked: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        inputs = self.encoder_inputs(text)
+        attn = inputs["attention_mask"]
+        out = self.bert(**inputs, output_hidden_states=True)
         hs = out.hidden_states
         pad = attn == 0
         pad = pad & ~pad.all(dim=1, keepdim=True)  # an empty text keeps its positions valid
@@ -178,3 +223,96 @@ def build_branch(config: KuDAConfig, modality: str, text_encoder: Optional[nn.Mo
     if modality == "T":
         return TextBranch(config, text_encoder)
     return SequenceBranch(config, modality)
+
+
+# ---------------------------------------------------------------------- tokenization
+def load_tokenizer(pretrained: Any):
+    """The text encoder's tokenizer from local files, or None when it has none offline."""
+    if pretrained is None or isinstance(pretrained, nn.Module):
+        return None
+    try:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            return AutoTokenizer.from_pretrained(str(pretrained), local_files_only=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    except Exception:  # no tokenizer files next to the weights: nothing to compare with
+        return None
+
+
+def start_token_id(tokenizer) -> Optional[int]:
+    """The id the tokenizer puts first ([CLS], <s>), or None when it adds none."""
+    try:
+        first = tokenizer("")["input_ids"]
+    except Exception:
+        return None
+    return int(first[0]) if len(first) else None
+
+
+def check_tokenization(ids, mask, raw_texts: Optional[Sequence[str]], tokenizer, encoder: str, where: str,
+                       sample_ids: Optional[Sequence] = None, hint: str = "", max_samples: int = 32,
+                       min_agreement: float = 0.5) -> dict:
+    """Refuse token ids that the encoder's tokenizer would not have made (KudaInputError).
+
+    ``ids``, ``mask``: [N, L] arrays of a feature file's text_bert rows. Two checks, on the texts
+    that are not empty: the first id must be the tokenizer's start token ([CLS], <s>) for at
+    least 90% of them; where the file has raw text, the tokenizer's ids for up to
+    ``max_samples`` texts must agree with the file's on at least ``min_agreement`` of the
+    compared positions (the first min(len, valid length) of each). Returns what was compared."""
+    import numpy as np
+
+    ids = np.asarray(ids).astype(np.int64)
+    mask = np.asarray(mask).astype(np.int64)
+    valid = mask.sum(axis=1)
+    rows = np.flatnonzero(valid > 0)
+    name = getattr(tokenizer, "name_or_path", "") or encoder
+    fix = ("Set 'pretrained' (--pretrained) to the encoder whose tokenizer made the file, or rebuild the ids "
+           f"from the raw text for this encoder: python -m kuda_mmsa retokenize --feature-file FILE "
+           f"--pretrained {encoder} --out NEW.pkl." + (f" {hint}" if hint else ""))
+    report = {"texts": int(len(rows)), "start": None, "compared": 0, "agreement": None}
+    if not len(rows):
+        return report
+    start = start_token_id(tokenizer)
+    if start is not None:
+        firsts = ids[rows, 0]
+        share = float((firsts == start).mean())
+        report["start"] = share
+        if share < 0.9:
+            found, count = Counter(firsts.tolist()).most_common(1)[0]
+            raise KudaInputError(
+                f"The token ids of {where} do not come from the tokenizer of the text encoder {encoder!r}: "
+                f"that tokenizer starts every text with id {start} ({tokenizer.convert_ids_to_tokens(start)!r}), "
+                f"but only {share:.0%} of the file's {len(rows)} texts start with it (most start with id "
+                f"{found}, {count} texts). The file was tokenised with another vocabulary. {fix}")
+    if raw_texts is None:
+        return report
+    agree = total = 0
+    example = None
+    for i in rows:
+        if report["compared"] >= max_samples:
+            break
+        raw = raw_texts[i] if i < len(raw_texts) else None
+        if not isinstance(raw, str) or not raw.strip():
+            continue
+        mine = tokenizer(raw, truncation=True, max_length=int(ids.shape[1]))["input_ids"]
+        n = min(len(mine), int(valid[i]))
+        same = int((np.asarray(mine[:n]) == ids[i, :n]).sum())
+        agree, total = agree + same, total + n
+        report["compared"] += 1
+        if example is None and same < n:
+            sid = sample_ids[i] if sample_ids is not None and i < len(sample_ids) else i
+            example = (sid, raw[:60], ids[i, :min(n, 8)].tolist(), list(mine[:min(n, 8)]))
+    if total:
+        report["agreement"] = agree / total
+        if agree / total < min_agreement:
+            sid, raw, theirs, mine = example
+            raise KudaInputError(
+                f"The token ids of {where} do not match the vocabulary of the text encoder {encoder!r}: its "
+                f"tokenizer ({name}) gives the same id at only {agree / total:.0%} of {total} positions of "
+                f"{report['compared']} raw texts. E.g. sample {sid} ({raw!r}): the file has ids {theirs}, the "
+                f"tokenizer gives {mine}. {fix}")
+    return report

@@ -3,7 +3,8 @@ dynamic attention fusion).
 
 The M cross-attentions of a block run as one call of
 `kuda_mmsa.ops.ratio_cross_attention`, which multiplies modality m's attention message by
-weight[b, m] inside the kernel. In `dynamic` mode weight = M * R_m, so the ratio changes how
+weight[b, m] inside the kernel. In `dynamic` mode weight = n_present * R_m (M * R_m when all M are
+present), so the ratio changes how
 much of each modality enters F; in `reference` mode the weight is 1 and the ratio enters the
 authors' way, (1 + R_m) before a LayerNorm (where it has no effect but through eps).
 

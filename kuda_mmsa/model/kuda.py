@@ -21,6 +21,7 @@ from torch import nn
 from .config import MODALITIES, KuDAConfig
 from .encoders import build_branch
 from .fusion import DAFBlock, LengthAlignment
+from .fusion_variants import LateFusion, build_fusion_variant
 from .layers import masked_mean
 from .losses import correlation_estimation_loss
 from .ratio import RATIO_TARGETS, RatioEstimator, ReliabilityHeads, reliability_ratio, sentiment_ratio
@@ -52,7 +53,11 @@ class KuDA(nn.Module):
             m: LengthAlignment(self.branches[m].out_width, config.seq_len(m), config.hidden_size, text_len)
             for m in MODALITIES
         })
-        self.blocks = nn.ModuleList(DAFBlock(config, len(MODALITIES)) for _ in range(config.fusion_layers))
+        # fusion 'daf': the paper's DAF blocks; 'concat' / 'add' / 'late': the ablations of
+        # fusion_variants.py (same encoders, alignment, head, loss and ratio)
+        daf = config.fusion == "daf"
+        self.blocks = nn.ModuleList(DAFBlock(config, len(MODALITIES)) for _ in range(config.fusion_layers if daf else 0))
+        self.fusion_variant = None if daf else build_fusion_variant(config, len(MODALITIES))
         self.head = OutputHead(config.hidden_size, config.head_sizes)
         self.ratio_estimator = RatioEstimator(len(MODALITIES)) if config.ratio_source == "estimate" else None
         self.reliability = (ReliabilityHeads([self.branches[m].out_width for m in MODALITIES])
@@ -118,7 +123,10 @@ class KuDA(nn.Module):
             if source == "label" and not (self.training and labels is not None):
                 source = "consensus"  # the label ablation has no label at evaluation
             r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate, present), cfg.ratio_k, present)
-        return m * r, (r if combine else None), r
+        # The present modalities share the weight they would have with all present: a missing
+        # modality's absence must not amplify the others' messages.
+        n_present = present.sum(-1, keepdim=True).clamp(min=1).to(r.dtype)
+        return n_present * r, (r if combine else None), r
 
     # ------------------------------------------------------------------ missing modalities
     @staticmethod
@@ -163,16 +171,24 @@ class KuDA(nn.Module):
         return self.dynamic and cfg.use_ratio and cfg.ratio_source == "prediction"
 
     def _fuse(self, sources, weight, text_pad, reference_ratio, present=None):
-        if present is not None and self.dynamic:
-            # F0 over the present modalities, scaled to the same total as with all of them
+        if present is not None and self.dynamic:   # F0 over the present modalities
             w = present.to(sources[0].dtype)
-            scale = w.shape[1] / w.sum(-1).clamp(min=1)
-            f = sum(h * (w[:, i] * scale)[:, None, None] for i, h in enumerate(sources))
+            f = sum(h * w[:, i, None, None] for i, h in enumerate(sources))
         else:
             f = sum(sources)
         for block in self.blocks:
             f = block(f, sources, weight.to(f.dtype), text_pad, reference_ratio)
         return f
+
+    def _predict(self, sources, weight, text_pad, reference_ratio, present=None):
+        """(prediction [B, 1], pooled fused representation [B, D]) by the configured fusion."""
+        if isinstance(self.fusion_variant, LateFusion):
+            return self.fusion_variant(sources, weight, text_pad, self.head, present)
+        if self.fusion_variant is not None:
+            fused = masked_mean(self.fusion_variant(sources, weight, text_pad, present), text_pad)
+        else:
+            fused = masked_mean(self._fuse(sources, weight, text_pad, reference_ratio, present), text_pad)
+        return self.head(fused), fused
 
     # ------------------------------------------------------------------ forward
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
@@ -204,15 +220,12 @@ class KuDA(nn.Module):
             log_var = self.reliability([masked_mean(units[m], pads[m] if masked else None) for m in MODALITIES])
         if self._first_pass:
             # ratio_source 'prediction': the static-fusion prediction of the same network.
-            estimate = self.head(masked_mean(self._fuse(sources, unimodal.new_ones(unimodal.shape),
-                                                        text_pad, None, present_or_none), text_pad))
+            estimate = self._predict(sources, unimodal.new_ones(unimodal.shape), text_pad, None, present_or_none)[0]
         weight, reference_ratio, ratio = self._ratio(unimodal, labels, estimate, log_var, present)
-        f = self._fuse(sources, weight, text_pad, reference_ratio, present_or_none)
-
-        fused = masked_mean(f, text_pad)
+        prediction, fused = self._predict(sources, weight, text_pad, reference_ratio, present_or_none)
         ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused, present_or_none)
         out = {
-            "M": self.head(fused),
+            "M": prediction,
             "T": scores["T"], "V": scores["V"], "A": scores["A"],
             "ratio": ratio, "present": present,
             "ce": ce,

@@ -31,6 +31,7 @@ from ..data.loaders import make_loaders
 from ..errors import KudaCheckpointError, KudaStaleStateError, KudaTrainingError
 from ..files import atomic_write_text, remove_stale_temps
 from ..model import KuDAConfig, build_branch, text_encoder_info
+from ..model.encoders import check_tokenization, load_tokenizer
 from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin,
                           cpu_state_dict, describe_differences, knowledge_paths, plain, read_checkpoint,
                           read_knowledge, read_resume, save_knowledge)
@@ -231,10 +232,37 @@ def _up_to_date(job: Stage1Job, modality: str) -> Optional[str]:
     return describe_differences(plain(have), want)
 
 
+def data_label(args: Mapping[str, Any]) -> str:
+    """The feature file a run reads, for messages."""
+    return str(args.get("custom_feature") or args.get("featurePath") or args.get("dataset_name") or "the data")
+
+
+def check_text_data(datasets: Optional[Mapping[str, Any]], pretrained: Any, where: str, hint: str = "") -> Optional[dict]:
+    """The text ids of ``datasets`` (the train split, else the first) against the tokenizer of
+    the text encoder ``pretrained`` (model.encoders.check_tokenization): a KudaInputError when
+    they were made with another vocabulary. Nothing is checked when the encoder has no
+    tokenizer files offline or the data has no text."""
+    if not datasets or pretrained is None:
+        return None
+    split = "train" if "train" in datasets else next(iter(datasets))
+    ds = datasets[split]
+    text = getattr(ds, "text", None)
+    if text is None or getattr(text, "ndim", 0) != 3 or text.shape[1] != 3:
+        return None
+    tokenizer = load_tokenizer(pretrained)
+    if tokenizer is None:
+        logger.debug(f"No tokenizer files for {pretrained!r}: token ids of {where} checked against its vocabulary size only.")
+        return None
+    return check_tokenization(text[:, 0], text[:, 1], getattr(ds, "raw_text", None), tokenizer, str(pretrained),
+                              f"{where} (split '{split}', key 'text_bert')", sample_ids=getattr(ds, "ids", None),
+                              hint=hint)
+
+
 def pretrain_unimodal(job: Stage1Job, datasets: Mapping[str, Any], modalities: Iterable[str] = ("T", "V", "A"),
                       overwrite: bool = False) -> Dict[str, Path]:
     """Train and save the knowledge checkpoint of each modality that is not already there for
-    the same data and settings. Returns {modality: path}."""
+    the same data and settings (the text ids are first checked against the encoder's
+    tokenizer). Returns {modality: path}."""
     modalities = [m.upper() for m in modalities]
     bad = [m for m in modalities if m not in MODALITY_NAMES]
     if bad:
@@ -255,16 +283,20 @@ def pretrain_unimodal(job: Stage1Job, datasets: Mapping[str, Any], modalities: I
                 raise KudaStaleStateError(
                     f"Stage-1 {MODALITY_NAMES[m]} checkpoint {job.paths[m]} was trained with other data or "
                     f"settings ({why}). Pass --overwrite to replace it, or use another --knowledge-dir.")
+            if m == "T":
+                where = ((job.origin.get("data") or {}).get("file") or {}).get("path") or f"dataset {job.origin.get('dataset')}"
+                check_text_data(datasets, job.model.pretrained, f"the feature file '{where}'")
             train_branch(job, m, datasets)
     return {m: job.paths[m] for m in modalities}
 
 
 def ensure_knowledge(job: Stage1Job, datasets: Optional[Mapping[str, Any]], auto_pretrain: bool = True,
-                     allow_other_data: bool = False) -> Dict[str, Path]:
-    """Stage-1 checkpoints for stage 2: runs stage 1 (announced) for the missing ones when
-    `auto_pretrain` is on and data is given, else stops with the command to run; refuses
-    knowledge made from other data (unless `allow_other_data`) or another text encoder."""
-    paths = job.paths
+                     allow_other_data: bool = False, modalities: Iterable[str] = ("T", "V", "A")) -> Dict[str, Path]:
+    """Stage-1 checkpoints of ``modalities`` for stage 2: runs stage 1 (announced) for the
+    missing ones when `auto_pretrain` is on and data is given, else stops with the command to
+    run; refuses knowledge made from other data (unless `allow_other_data`) or another text
+    encoder."""
+    paths = {m: job.paths[m] for m in modalities}
     missing = [m for m, p in paths.items() if not p.exists()]
     if missing:
         names = ", ".join(MODALITY_NAMES[m] for m in missing)
@@ -286,4 +318,4 @@ def ensure_knowledge(job: Stage1Job, datasets: Optional[Mapping[str, Any]], auto
 
 
 __all__ = ["Stage1Job", "job_from_args", "pretrain_command", "pretrain_unimodal", "ensure_knowledge",
-           "branch_inputs", "unimodal_target", "preserved_rng", "read_checkpoint"]
+           "branch_inputs", "unimodal_target", "preserved_rng", "read_checkpoint", "check_text_data", "data_label"]

@@ -84,14 +84,21 @@ class KuDATrainer:
         """Stage-1 adapters and decoders into the model (stage 1 runs first when they are
         missing and auto_pretrain is on), then frozen. In a data-parallel run rank 0 alone
         does it (the others wait, then receive the weights from rank 0 with the model)."""
+        from .stage1 import check_text_data, data_label
+        from .transfer import freeze_knowledge, is_cross_dataset, knowledge_modalities, load_cross_dataset_knowledge
+
         kuda = self._kuda(model)
         args = self.args
+        # token ids made by another tokenizer than the text encoder's are refused before training
+        check_text_data(datasets, args.get("pretrained"), f"the feature file '{data_label(args)}'")
         if not args.get("use_knowledge", True):
             logger.info("use_knowledge is off: adapters and decoders start from random weights and train.")
             return
         job = job_from_args(args, device=args["device"])
 
         def prepare():
+            if is_cross_dataset(args):      # knowledge_from another dataset: training/transfer.py
+                return load_cross_dataset_knowledge(kuda, args, datasets, device=args["device"])[:2]
             # Parallel sweep cells share the knowledge folder: one of them runs stage 1.
             with distributed.file_lock(job.paths["T"].parent):
                 paths = ensure_knowledge(job, datasets, auto_pretrain=bool(args.get("auto_pretrain", True)),
@@ -110,7 +117,7 @@ class KuDATrainer:
         else:
             folder, self.knowledge = prepare()
         if args.get("freeze_knowledge", True):
-            kuda.freeze_knowledge()
+            freeze_knowledge(kuda, knowledge_modalities(args))
         logger.info(f"Loaded stage-1 knowledge from {folder}")
 
     # ------------------------------------------------------------------ train
