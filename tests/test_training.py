@@ -240,7 +240,7 @@ def test_tune_mode_runs_kuda_and_writes_mmsa_tune_csv(tiny_demo_pickle, tiny_con
     with open(tmp_path / "r" / "tune" / "demo-kuda.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1
-    assert {"learning_rate", "ratio_k", "MAE", "Corr"} <= set(rows[0])
+    assert {"learning_rate", "ratio_agreement", "MAE", "Corr"} <= set(rows[0])
     assert not (tmp_path / "m" / "kuda-demo.pth").exists()  # MMSA deletes tune-mode weights
 
 

@@ -57,7 +57,7 @@ KEYS: List[Key] = [
            "blocks), or the ablations concat, add (one Transformer block on the concatenated or "
            "summed sequences) and late (weighted sum of the unimodal predictions).",
            choices=FUSIONS),
-    _model("ratio_source", "str", "consensus",
+    _model("ratio_source", "str", "reliability",
            "Where the sentiment ratio comes from in dynamic mode: reliability (ours: each "
            "modality's own learned, scale-free reliability), or the ablations consensus (agreement "
            "with the mean unimodal score), estimate, prediction (agreement with a learned or the "
@@ -66,7 +66,7 @@ KEYS: List[Key] = [
            "k in r_m = exp(-k (s_m - s)^2) for the agreement sources (consensus, estimate, "
            "prediction, label); not used by reliability, which is scale-free.",
            **_POS),
-    _model("ratio_agreement", "float", 1.0,
+    _model("ratio_agreement", "float", 3.0,
            "a in the reliability rule: how much a modality that disagrees with the others' median "
            "(in units of their typical error) is lowered; 0 = inverse-variance weighting alone.", **_NONNEG),
     _model("use_ratio", "bool", True, "false = static fusion: every modality weighted 1."),
