@@ -11,7 +11,7 @@ from tiny_kuda import write_tiny_config  # tests/ is on sys.path
 from kuda_mmsa.data import Corruption, CorruptedDataset, make_family
 from kuda_mmsa.data.corruption import corrupted_indices
 from kuda_mmsa.model.ratio import present_median, reliability_ratio, sentiment_ratio
-from test_model import L_A, L_T, L_V, make_batch, make_model
+from test_model import make_batch, make_model
 
 
 # ---------------------------------------------------------------------- the ratio

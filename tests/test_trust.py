@@ -3,17 +3,15 @@ file and the key (no traceback, no result row, no weights); stale state is never
 silently; no code runs from data or checkpoint files; results do not depend on -n; a
 diverging run stops with the epoch named and the best checkpoint kept."""
 import copy
-import os
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from tiny_kuda import write_tiny_config  # tests/ is on sys.path
 
 from kuda_mmsa.cli.main import main
-from kuda_mmsa.errors import KudaInputError, KudaStaleStateError
+from kuda_mmsa.errors import KudaInputError
 
 
 OPEN = f"{open.__module__}.{open.__qualname__}"      # the global a crafted file names

@@ -39,7 +39,7 @@ from ..mmsa.run import MMSA_run
 from ..training.distributed import env_context
 from ..training.evaluation import dominant_fraction
 from ..training.sweeps import Cell, CellResult, Executor, describe_result, make_executor, run_cells
-from .common import add_flags, guarded, overrides
+from .common import add_flags, command_parser, overrides, run_command
 from ..data.corruption import KINDS
 from .explain import collect
 from .robustness import ablation_robustness, add_grid_flags
@@ -234,9 +234,7 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, __doc__)
     add_flags(p, "dataset", "feature_file", "seeds", "config", "data_root", "knowledge_dir", "pretrained",
               "num_workers", "verbose", "no_plots", "no_progress", "out", "devices", "executor", "address",
               dataset="required", out="ablation")
@@ -277,6 +275,4 @@ def run(a) -> int:
 
 
 def main(argv=None, prog=None) -> int:
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    return guarded(parser.prog, lambda: run(a))
+    return run_command(build_parser, run, argv, prog)

@@ -149,6 +149,21 @@ def console_logging(verbose: int = 1) -> None:
     handler.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose), logging.INFO))
 
 
+def command_parser(prog, doc: str) -> argparse.ArgumentParser:
+    """A command's parser: its docstring's first paragraph as the description, the rest as
+    the epilog (kept as written)."""
+    head, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(prog=prog, description=head, epilog=rest or None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def run_command(build_parser, run, argv=None, prog=None) -> int:
+    """Parse ``argv`` with the command's parser and run it, guarded (see ``guarded``)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    return guarded(parser.prog, lambda: run(args))
+
+
 def guarded(prog: str, fn: Callable[[], int]) -> int:
     """Run a command: a KudaError is one paragraph on stderr and its exit status, never a
     traceback; Ctrl-C exits 130."""

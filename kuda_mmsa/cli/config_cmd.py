@@ -14,13 +14,11 @@ import argparse
 from ..config import describe_keys, render
 from ..mmsa.args import kuda_effective
 from ..mmsa.datasets import canonical_name
-from .common import add_flags, guarded, overrides
+from .common import add_flags, command_parser, overrides, run_command
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, __doc__)
     sub = p.add_subparsers(dest="action", required=True)
     show = sub.add_parser("show", help="the effective config of a KuDA run and where each value came from")
     add_flags(show, "dataset", "config", "data_root", "knowledge_dir", "knowledge_from", "pretrained",
@@ -42,6 +40,4 @@ def run(a) -> int:
 
 
 def main(argv=None, prog=None) -> int:
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    return guarded(parser.prog, lambda: run(a))
+    return run_command(build_parser, run, argv, prog)

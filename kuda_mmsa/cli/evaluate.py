@@ -29,7 +29,7 @@ from ..mmsa.trained import load_trained, read_weights, weights_info
 from ..training.evaluation import predict
 from ..training.metrics import metrics_for
 from ..training.stage1 import check_text_data, data_label
-from .common import add_flags, console_logging, guarded, overrides
+from .common import add_flags, command_parser, console_logging, overrides, run_command
 
 
 def trained_shapes(state) -> dict:
@@ -131,9 +131,7 @@ def evaluate(weights, dataset: Optional[str] = None, feature_file=None, split: s
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, __doc__)
     add_flags(p, "weights", "dataset", "feature_file", "config", "data_root", "pretrained", "verbose", "out",
               dataset=None, out=None)
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
@@ -163,6 +161,4 @@ def run(a) -> int:
 
 
 def main(argv=None, prog=None) -> int:
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    return guarded(parser.prog, lambda: run(a))
+    return run_command(build_parser, run, argv, prog)

@@ -28,7 +28,7 @@ from ..errors import KudaInputError
 from ..mmsa.trained import load_trained
 from ..training.evaluation import MODALITY_INDEX, dominant_fraction, dominant_of, on_dominant, predict
 from ..training.metrics import metrics_for
-from .common import add_flags, console_logging, guarded, overrides
+from .common import add_flags, command_parser, console_logging, overrides, run_command
 
 CSV_COLUMNS = ["id", "T", "V", "A", "R_T", "R_V", "R_A", "prediction", "label", "abs_error", "annotation"]
 ERROR_BINS = (0.0, 0.1, 0.2, 0.4, float("inf"))
@@ -123,9 +123,7 @@ def explain(weights, feature_file=None, split="test", out="explain", config_file
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, __doc__)
     add_flags(p, "weights", "dataset", "feature_file", "config", "data_root", "pretrained", "no_plots",
               "verbose", "out", dataset=None, out="explain")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
@@ -146,6 +144,4 @@ def run(a) -> int:
 
 
 def main(argv=None, prog=None) -> int:
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    return guarded(parser.prog, lambda: run(a))
+    return run_command(build_parser, run, argv, prog)

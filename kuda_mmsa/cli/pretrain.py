@@ -24,13 +24,11 @@ from ..mmsa.datasets import canonical_name
 from ..mmsa.loader import load_features
 from ..mmsa.patches import assign_gpu
 from ..training.stage1 import job_from_args, pretrain_command, pretrain_unimodal
-from .common import add_flags, console_logging, guarded, overrides
+from .common import add_flags, command_parser, console_logging, overrides, run_command
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, __doc__)
     add_flags(p, "dataset", "config", "feature_file", "data_root", "knowledge_dir", "pretrained",
               "seeds", "gpu_ids", "num_workers", "verbose", "no_progress", dataset="sims2")
     p.add_argument("--modalities", nargs="+", default=["T", "V", "A"], type=str.upper,
@@ -81,6 +79,4 @@ def run(a: argparse.Namespace) -> int:
 
 
 def main(argv=None, prog=None) -> int:
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    return guarded(parser.prog, lambda: run(a))
+    return run_command(build_parser, run, argv, prog)

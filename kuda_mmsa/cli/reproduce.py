@@ -51,7 +51,7 @@ from ..training.stage1 import job_from_args
 from ..training.sweeps import make_executor
 from ..training.transfer import is_cross_dataset
 from .ablate import read_rows, run_ablation
-from .common import add_flags, console_logging, guarded
+from .common import add_flags, command_parser, console_logging, guarded
 from .variants import VARIANTS, Variant, register_variant
 
 DEFAULT_DATASETS = ("sims", "simsv2", "mosi", "mosei")
@@ -505,9 +505,7 @@ def reproduce(datasets=DEFAULT_DATASETS, seeds=DEFAULT_SEEDS, variants=DEFAULT_V
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, __doc__)
     p.add_argument("-d", "--datasets", nargs="+", type=str.lower, default=list(DEFAULT_DATASETS),
                    choices=dataset_choices(), metavar="DATASET",
                    help=f"Datasets (sims2 = simsv2). Default: {' '.join(DEFAULT_DATASETS)}")

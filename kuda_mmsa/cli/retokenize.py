@@ -25,7 +25,7 @@ from ..data.validate import SPLITS, check_splits, read_pickle, require_keys
 from ..errors import KudaInputError
 from ..files import atomic_path
 from ..model.encoders import load_tokenizer
-from .common import add_flags, guarded
+from .common import add_flags, command_parser, run_command
 
 
 def encode_texts(tokenizer, texts, max_length: int) -> np.ndarray:
@@ -95,9 +95,7 @@ def retokenize_file(feature_file, pretrained, out, max_length: Optional[int] = N
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, __doc__)
     add_flags(p, "feature_file", "pretrained", "out", feature_file="required", pretrained="required", out="required")
     p.add_argument("--max-length", type=int, default=None,
                    help="Padded text length. Default: the file's (its text_bert length)")
@@ -112,6 +110,4 @@ def run(a) -> int:
 
 
 def main(argv=None, prog=None) -> int:
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    return guarded(parser.prog, lambda: run(a))
+    return run_command(build_parser, run, argv, prog)

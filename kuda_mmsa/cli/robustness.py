@@ -32,7 +32,7 @@ from ..errors import KudaInputError
 from ..files import atomic_path
 from ..mmsa.trained import load_trained, tester_for
 from ..training.robustness import SUMMARY_METRICS, evaluate_grid, summaries
-from .common import add_flags, console_logging, guarded, overrides
+from .common import add_flags, command_parser, console_logging, overrides, run_command
 
 DEFAULT_RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 ID_COLUMNS = ["model", "corruption", "modality", "rate", "seed"]
@@ -136,9 +136,7 @@ def write_outputs(rows: List[dict], out: Path, group: str, reference: str) -> Di
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(prog, __doc__)
     p.add_argument("--weights", nargs="+", required=True, help="Trained KuDA weights (one or more models).")
     p.add_argument("--labels", nargs="+", default=None, help="A name per weights file (default: the file names).")
     add_flags(p, "dataset", "feature_file", "config", "data_root", "pretrained", "seeds", "verbose", "out",
@@ -178,9 +176,7 @@ def run(a) -> int:
 
 
 def main(argv=None, prog=None) -> int:
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    return guarded(parser.prog, lambda: run(a))
+    return run_command(build_parser, run, argv, prog)
 
 
 # ---------------------------------------------------------------------- ablation runner

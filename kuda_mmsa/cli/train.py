@@ -20,7 +20,7 @@ from ..mmsa.datasets import canonical_name
 from ..mmsa.register import register
 from ..mmsa.run import MMSA_run
 from ..training.sweeps import make_executor
-from .common import add_flags, guarded, overrides
+from .common import add_flags, overrides, run_command
 
 DESCRIPTION = ("Train and test a model (KuDA or a stock MMSA model) with MMSA's loader, metrics, "
                "result CSVs and logs.")
@@ -81,6 +81,4 @@ def run(a: argparse.Namespace) -> int:
 
 
 def main(argv=None, prog=None) -> int:
-    parser = build_parser(prog)
-    a = parser.parse_args(argv)
-    return guarded(parser.prog, lambda: run(a))
+    return run_command(build_parser, run, argv, prog)
