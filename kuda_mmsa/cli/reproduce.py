@@ -40,13 +40,15 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
+import torch
 
 from ..config.schema import KNOWLEDGE_TEXT
 from ..data.validate import read_pickle
 from ..errors import KudaInputError
-from ..files import atomic_path
-from ..mmsa.args import build_args
+from ..files import atomic_path, default_data_root
+from ..mmsa.args import build_args, text_encoder_config
 from ..mmsa.datasets import DATASETS, canonical_name, dataset_choices, get_facts
+from ..model import KuDAConfig, build_branch, build_kuda
 from ..training.stage1 import job_from_args
 from ..training.sweeps import make_executor
 from ..training.transfer import is_cross_dataset
@@ -210,11 +212,6 @@ def probe(args, shapes: dict, knowledge: List[dict], source_shapes: Optional[dic
     """(seconds per KuDA run, seconds of the missing stage 1) on this machine, from timing one
     training step on synthetic inputs of the data's shapes; (None, None) when the model cannot be
     built here (e.g. the text encoder is not available offline)."""
-    import torch
-
-    from ..mmsa.args import text_encoder_config
-    from ..model import KuDAConfig, build_branch, build_kuda
-
     if text_encoder_config(args.get("pretrained")) is None:     # not available offline: never download
         return None, None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -327,8 +324,6 @@ def _default_file(dataset, cfg) -> Optional[str]:
     rel = DATASETS[dataset]["featurePath"]
     if rel is None:
         return None
-    from ..files import default_data_root
-
     root = Path(cfg["data_root"]).expanduser() if cfg.get("data_root") else default_data_root()
     return str(root / rel)
 

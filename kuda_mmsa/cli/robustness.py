@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+import torch
 
 from .. import plots
 from ..data.corruption import KINDS
 from ..errors import KudaInputError
 from ..files import atomic_path
+from ..mmsa.args import RUN_KEYS, build_args
 from ..mmsa.trained import load_trained, tester_for
 from ..training.robustness import SUMMARY_METRICS, evaluate_grid, summaries
 from .common import add_flags, command_parser, console_logging, overrides, run_command
@@ -182,10 +184,6 @@ def main(argv=None, prog=None) -> int:
 # ---------------------------------------------------------------------- ablation runner
 def cell_args(variant, dataset: str, run_dir: Path, feature_file=None, config_file=None, config=None):
     """The args a finished ablation cell ran with (rebuilt; its weights are in run_dir)."""
-    import torch
-
-    from ..mmsa.args import RUN_KEYS, build_args
-
     cfg = dict(config or {})
     if not variant.is_kuda:
         cfg = {k: v for k, v in cfg.items() if k in RUN_KEYS}

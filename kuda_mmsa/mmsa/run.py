@@ -29,16 +29,18 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data.loaders import global_batch_size
 from ..errors import KudaInputError, KudaTrainingError
-from ..files import ensure_writable_dir, remove_stale_temps
+from ..files import atomic_path, ensure_writable_dir, remove_stale_temps
 from ..training import distributed
 from ..training.checkpoints import weights_info_path
 from ..training.metrics import lower_is_better
 from ..training.sweeps import (Cell, EpochMonitor, Executor, InlineExecutor, OptunaReporter, OptunaTuner,
                                TrialPruned, describe_result, run_cells)
+from . import patches
 from .args import KUDA, build_args, plain_args
 from .datasets import canonical_name
 
@@ -112,8 +114,6 @@ def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool =
     model is built, no stale weights are tested, a diverging stock model is a clear error.
     ``on_epoch(epoch, validation results)`` runs after every KuDA epoch (it may raise to stop).
     In a data-parallel run rank 0 reads the best weights and sends them to the others."""
-    from . import patches
-
     ctx = distributed.current()
     dataloader = patches.MMDataLoader(args, num_workers)
     if log_args:  # after the data is read: the shapes and file the run really uses
@@ -218,10 +218,8 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
                                rng=rng, custom_feature=custom_feature)
         handlers = _add_handlers(dirs["log_dir"], model_name, dataset_name, verbose_level, ctx.rank)
         try:
-            from .patches import assign_gpu
-
             args.update(model_save_path=dirs["model_save_dir"] / f"{model_name}-{dataset_name}.pth",
-                        device=device if ctx.distributed else assign_gpu(gpu_ids), train_mode="regression",
+                        device=device if ctx.distributed else patches.assign_gpu(gpu_ids), train_mode="regression",
                         custom_feature=custom_feature, feature_T=feature_T or "", feature_A=feature_A or "",
                         feature_V=feature_V or "", log_dir=str(dirs["log_dir"]), is_tune=bool(is_tune),
                         world_size=ctx.world_size, rank=ctx.rank)
@@ -268,10 +266,6 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
 
 def _append_csv(csv_file: Path, model_name: str, per_seed: List[Dict[str, float]]) -> Path:
     """MMSA's result row: the model, then (mean x 100, std x 100) per metric."""
-    import pandas as pd
-
-    from ..files import atomic_path
-
     metrics = list(per_seed[0])
     row = [model_name] + [(round(float(np.mean([r[m] for r in per_seed]) * 100), 2),
                            round(float(np.std([r[m] for r in per_seed]) * 100), 2)) for m in metrics]
@@ -291,10 +285,6 @@ def _tune(model_name, dataset_name, config_file, config, config_source, seeds, t
     if tuner == "optuna":
         return _tune_optuna(model_name, dataset_name, config_file, config, config_source, seeds, tune_times,
                             custom_feature, initial, eff, dirs, num_workers, executor, gpu_ids, verbose_level)
-    import pandas as pd
-
-    from ..files import atomic_path
-
     ctx = distributed.current()
     logger.info(f"Tuning with seed {seeds[0]}")
     csv_file = dirs["res_save_dir"] / "tune" / f"{dataset_name}-{model_name}.csv"
@@ -393,10 +383,8 @@ def run_trial(model_name: str, dataset_name: str, params: dict, seed: int, trial
                          f"{config_source} + trial parameters", custom_feature=custom_feature)
     if model_name != KUDA:
         args.update(params)                            # MMSA's own tune keys, as its search sets them
-    from .patches import assign_gpu
-
     save = trial_dir / f"{model_name}-{dataset_name}.pth"
-    args.update(model_save_path=save, device=assign_gpu(list(gpu_ids or [])), train_mode="regression",
+    args.update(model_save_path=save, device=patches.assign_gpu(list(gpu_ids or [])), train_mode="regression",
                 custom_feature=custom_feature, feature_T=feature_T or "", feature_A=feature_A or "",
                 feature_V=feature_V or "", log_dir=str(trial_dir), is_tune=True, cur_seed=1, seed=int(seed))
     handlers = _add_handlers(trial_dir, model_name, dataset_name, verbose_level)
@@ -427,10 +415,6 @@ def _tune_optuna(model_name, dataset_name, config_file, config, config_source, s
     ``<res>/tune/<dataset>-<model>-optuna.db`` and a killed study resumes; ``tune_times`` is
     the number of finished trials the study should have. Each finished trial's parameters and
     test metrics go to ``<res>/tune/<dataset>-<model>-optuna.csv``."""
-    import pandas as pd
-
-    from ..files import atomic_path
-
     if model_name != KUDA or eff is None:
         raise KudaInputError(
             f"--tuner optuna searches KuDA's typed config (the tune section of configs/kuda.yaml or -c); "

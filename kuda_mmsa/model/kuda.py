@@ -22,7 +22,7 @@ from .config import MODALITIES, KuDAConfig
 from .encoders import build_branch
 from .fusion import DAFBlock, LengthAlignment
 from .fusion_variants import LateFusion, build_fusion_variant
-from .layers import masked_mean
+from .layers import TransformerStack, masked_mean
 from .losses import correlation_estimation_loss
 from .ratio import RATIO_TARGETS, RatioEstimator, ReliabilityHeads, reliability_ratio, sentiment_ratio
 
@@ -67,8 +67,6 @@ class KuDA(nn.Module):
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute the encoders' and adapters' activations in backward (less memory)."""
-        from .layers import TransformerStack
-
         for module in self.modules():
             if isinstance(module, TransformerStack):
                 module.gradient_checkpointing = True

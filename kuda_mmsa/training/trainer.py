@@ -29,7 +29,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __in
                        # DataLoader iterator that draws from the shuffle generator (and, with
                        # workers, prefetches), so results changed with -n
 
-from .. import __version__
+from .. import __version__, plots
 from ..config.schema import KEYS
 from ..errors import KudaTrainingError
 from ..files import atomic_write_text, remove_stale_temps
@@ -40,7 +40,8 @@ from .evaluation import batch_inputs
 from .metrics import lower_is_better, metrics_for
 from .optim import make_adamw, warmup_cosine
 from .precision import autocast, choose, detect
-from .stage1 import ensure_knowledge, job_from_args
+from .stage1 import check_text_data, data_label, ensure_knowledge, job_from_args
+from .transfer import freeze_knowledge, is_cross_dataset, knowledge_modalities, load_cross_dataset_knowledge
 
 logger = logging.getLogger("MMSA")
 
@@ -84,9 +85,6 @@ class KuDATrainer:
         """Stage-1 adapters and decoders into the model (stage 1 runs first when they are
         missing and auto_pretrain is on), then frozen. In a data-parallel run rank 0 alone
         does it (the others wait, then receive the weights from rank 0 with the model)."""
-        from .stage1 import check_text_data, data_label
-        from .transfer import freeze_knowledge, is_cross_dataset, knowledge_modalities, load_cross_dataset_knowledge
-
         kuda = self._kuda(model)
         args = self.args
         # token ids made by another tokenizer than the text encoder's are refused before training
@@ -289,8 +287,6 @@ class KuDATrainer:
 
     def save_curves(self, key):
         """Training curves PNG next to MMSA's log (never fails the run)."""
-        from .. import plots
-
         args = self.args
         folder = Path(args.get("log_dir") or Path(str(args["model_save_path"])).parent)
         path = folder / f"{args['model_name']}-{args['dataset_name']}-seed{args.get('seed')}-curves.png"
