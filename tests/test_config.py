@@ -214,3 +214,27 @@ def test_config_commands(capsys, tmp_path):
     assert main(["config", "show", "-d", "sims", "-c", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("name,text", [("d.yaml", "learning_rate: 1.0e-4\nepochs: 3\nlearning_rate: 1.0e-3\n"),
+                                       ("d.json", '{"common": {"epochs": 3, "epochs": 4}}')])
+def test_a_key_set_twice_is_refused(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    with pytest.raises(KudaInputError, match="sets the key '(learning_rate|epochs)' twice") as e:
+        build_args("kuda", "sims", str(p))
+    one_paragraph(str(e.value))
+    assert str(p) in str(e.value)
+
+
+def test_bad_seeds_and_workers_are_refused(capsys):
+    from kuda_mmsa.cli.main import main
+    from kuda_mmsa.mmsa.run import MMSA_run
+
+    for argv in (["-s", "-5"], ["-s", str(2 ** 32)], ["-n", "-1"]):
+        with pytest.raises(SystemExit) as e:
+            main(["-m", "kuda", "-d", "demo"] + argv)
+        assert e.value.code == 2
+        assert "outside" in capsys.readouterr().err
+    with pytest.raises(KudaInputError, match=r"Seeds must be integers in \[0, 2\*\*32 - 1\]"):
+        MMSA_run("kuda", "demo", seeds=[-1])

@@ -19,6 +19,24 @@ from ..mmsa.args import model_choices
 from ..mmsa.datasets import canonical_name, dataset_choices
 
 
+def bounded_int(low: int, high: int = None):
+    """An argparse type: an integer in [low, high] (a clear usage error otherwise)."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(
+                f"{value} is outside [{low}, {high if high is not None else 'inf'}]")
+        return value
+    parse.__name__ = "int"
+    return parse
+
+
+SEED_MAX = 2 ** 32 - 1        # numpy's seeds (MMSA seeds numpy, random and torch alike)
+
+
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -30,12 +48,12 @@ FLAGS: Dict[str, tuple] = {
               help="Model: kuda or a stock MMSA model. Default: lf_dnn (MMSA's default)")),
     "config": (("-c", "--config"), dict(type=str, default="",
                help="Config file (YAML or JSON) over the defaults; `config keys` lists every key.")),
-    "seeds": (("-s", "--seeds"), dict(action="append", type=int, default=[],
+    "seeds": (("-s", "--seeds"), dict(action="append", type=bounded_int(0, SEED_MAX), default=[],
               help="Random seed; repeat for several (-s 1111 -s 1112).")),
     "gpu_ids": (("-g", "--gpu-ids"), dict(action="append", type=int, default=[],
                 help="GPU to use (one). Default: the GPU with the most free memory, the CPU when "
                      "there is none.")),
-    "num_workers": (("-n", "--num-workers"), dict(type=int, default=default_workers(),
+    "num_workers": (("-n", "--num-workers"), dict(type=bounded_int(0), default=default_workers(),
                     help=f"Data-loading worker processes (results do not depend on it). Default: "
                          f"min(8, CPUs) = {default_workers()}")),
     "verbose": (("-v", "--verbose"), dict(type=int, default=1, choices=[0, 1, 2],

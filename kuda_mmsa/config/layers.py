@@ -16,6 +16,8 @@ import random
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
+import yaml
+
 from ..errors import KudaInputError
 from .keys import unknown_key_error
 from .schema import NESTED, SCHEMA, SECTIONS, defaults, keys_of
@@ -28,6 +30,34 @@ DATA_FACTS = ("feature_dims", "seq_lens", "featurePath", "train_samples", "num_c
 
 
 # ---------------------------------------------------------------------- files
+class DuplicateKey(ValueError):
+    def __init__(self, key):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load, but a key set twice in one mapping is an error."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise DuplicateKey(key)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_config_file(path) -> dict:
     """A YAML or JSON file as a dict (KudaInputError when missing, malformed or not a mapping)."""
     p = Path(path).expanduser()
@@ -40,11 +70,13 @@ def read_config_file(path) -> dict:
     try:
         text = p.read_text(encoding="utf-8")
         if p.suffix.lower() == ".json":
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except DuplicateKey as e:
+        raise KudaInputError(
+            f"The config file '{p}' sets the key '{e.key}' twice in the same mapping; only one value can "
+            f"hold (YAML and JSON readers would silently keep the last). Remove one.") from None
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise KudaInputError(

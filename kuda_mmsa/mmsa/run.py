@@ -177,6 +177,12 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
     (auto | nccl | gloo)."""
     model_name, dataset_name = str(model_name).lower(), canonical_name(dataset_name)
     seeds = list(seeds or DEFAULT_SEEDS)
+    bad = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 32]
+    if bad:
+        raise KudaInputError(f"Seeds must be integers in [0, 2**32 - 1] (numpy, random and torch are all "
+                             f"seeded with them); found {bad}.")
+    if not isinstance(num_workers, int) or num_workers < 0:
+        raise KudaInputError(f"num_workers (-n) must be an integer >= 0; found {num_workers!r}.")
     gpu_ids = list(gpu_ids if gpu_ids is not None else [0])
     tuner = str(tuner or "random").lower()
     if tuner not in ("random", "optuna"):

@@ -48,7 +48,8 @@ def read_weights(weights) -> dict:
     """MMSA's saved state dict of a KuDA model (keys ``Model.*``)."""
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise KudaCheckpointError(f"The weights file {path} (--weights) does not exist.")
+        raise KudaCheckpointError(f"The weights file {path} (--weights) "
+                                  + ("is a folder, not a file." if path.is_dir() else "does not exist."))
     state = read_checkpoint(path, "The weights file")
     if isinstance(state, dict) and state.get("format") in OTHER_FORMATS:
         raise KudaCheckpointError(f"{path} (--weights) is {OTHER_FORMATS[state['format']]}.")
