@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 COMMANDS = [
     ["-h"], ["train", "-h"], ["pretrain", "-h"], ["explain", "-h"], ["ablate", "-h"], ["config", "-h"],
     ["config", "show", "-h"], ["config", "keys"], ["evaluate", "-h"], ["robustness", "-h"], ["reproduce", "-h"],
+    ["retokenize", "-h"],
 ]
 
 
