@@ -167,17 +167,34 @@ def test_unwritable_output_folder_is_refused_before_training(tmp_path, tiny_cfg,
 
 
 def test_knowledge_from_other_data_is_refused(tmp_path, tiny_cfg, tiny_demo_pickle, kuda_cache, capsys):
+    """Knowledge lives per feature-file name; a file of the same name with other content
+    (features regenerated in place, another copy) must not reuse it."""
+    import shutil
+
     from kuda_mmsa.data import ensure_demo_data
     from tests.conftest import TINY_DEMO
 
     assert run_cli(tmp_path, feature_file=tiny_demo_pickle, config=tiny_cfg) == 0   # stage 1 on this data
     capsys.readouterr()
     other = ensure_demo_data(kuda_cache, **dict(TINY_DEMO, seed=11))                 # same shapes, other data
-    rc = run_cli(tmp_path / "second", "--knowledge-dir", str(tmp_path / "k"), feature_file=other, config=tiny_cfg)
+    same_name = tmp_path / "elsewhere" / Path(tiny_demo_pickle).name
+    same_name.parent.mkdir()
+    shutil.copy(other, same_name)
+    rc = run_cli(tmp_path / "second", "--knowledge-dir", str(tmp_path / "k"), feature_file=same_name, config=tiny_cfg)
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     assert "trained on other data" in err and "--knowledge-from" in err and str(tmp_path / "k") in err
     assert not (tmp_path / "second" / "m" / "kuda-demo.pth").exists()
+    # the same content moved elsewhere is the same data: its knowledge is used
+    moved = tmp_path / "moved" / Path(tiny_demo_pickle).name
+    moved.parent.mkdir()
+    shutil.copy(tiny_demo_pickle, moved)
+    assert run_cli(tmp_path / "third", "--knowledge-dir", str(tmp_path / "k"), feature_file=moved,
+                   config=tiny_cfg) == 0
+    assert "running stage 1 now" not in capsys.readouterr().err
+    # a file of another name gets its own knowledge (stage 1 runs for it)
+    assert run_cli(tmp_path / "fourth", "--knowledge-dir", str(tmp_path / "k"), feature_file=other,
+                   config=tiny_cfg) == 0
 
 
 # ---------------------------------------------------------------------- stale state

@@ -227,7 +227,8 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
         write_rows(rows, csv_path)
     result = {"csv": csv_path, "markdown": md_path, "table": table, "ran": ran, "failed": failed}
     if robustness:
-        cells = [(VARIANTS[name], int(seed)) for name in variants for seed in seeds]
+        finished = {(r["variant"], int(r["seed"])) for r in rows}       # failed cells have no weights
+        cells = [(VARIANTS[name], int(seed)) for name in variants for seed in seeds if (name, int(seed)) in finished]
         result["robustness"] = ablation_robustness(out, dataset, cells, robustness, feature_file, config_file,
                                                    config, reference, echo)
     return result

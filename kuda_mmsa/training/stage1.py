@@ -32,7 +32,7 @@ from ..errors import KudaCheckpointError, KudaStaleStateError, KudaTrainingError
 from ..files import atomic_write_text, remove_stale_temps
 from ..model import KuDAConfig, build_branch, text_encoder_info
 from ..model.encoders import check_tokenization, load_tokenizer
-from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin,
+from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin, data_content,
                           cpu_state_dict, describe_differences, knowledge_paths, plain, read_checkpoint,
                           read_knowledge, read_resume, save_knowledge)
 from .optim import make_adamw
@@ -55,6 +55,7 @@ class Stage1Job:
     num_workers: int = 0
     progress: bool = True
     masked: bool = True                 # False with the authors' padding (reference mode): means over padding
+    data_name: str = ""                 # the feature file's name: other files get their own knowledge
 
     def settings(self, modality: Optional[str] = None) -> dict:
         """What defines the knowledge (all modalities, or one modality's training): compared
@@ -63,7 +64,7 @@ class Stage1Job:
         pretrain = dict(self.pretrain)
         if modality is not None:
             pretrain["epochs"] = pretrain["epochs"].get(modality)
-        return plain({"pretrain": pretrain, "model": model, "masked": self.masked,
+        return plain({"pretrain": pretrain, "model": model, "masked": self.masked, "data": self.data_name,
                       "target": ("unimodal" if self.has_unimodal_labels else "M")})
 
 
@@ -84,7 +85,8 @@ def job_from_args(args: Mapping[str, Any], device=None, num_workers: int = 0,
         has_unimodal_labels=bool(args.get("has_unimodal_labels", True)),
         device=device or args.get("device") or "cpu", seed=int(args["pretrain"].get("seed", 1111)),
         num_workers=int(num_workers or 0), progress=bool(args.get("progress", True)),
-        masked=not model.authors("padding"))
+        masked=not model.authors("padding"),
+        data_name=Path(str(args.get("custom_feature") or args.get("featurePath") or "")).name)
     job.paths = knowledge_paths(args.get("knowledge_dir"), dataset, args.get("pretrained"), job.settings())
     job.command = command or pretrain_command(args)
     return job
@@ -225,8 +227,10 @@ def _up_to_date(job: Stage1Job, modality: str) -> Optional[str]:
     if not path.exists():
         return "missing"
     meta = read_knowledge(path, modality, job.command).get("meta", {})
-    have = {"origin": {k: meta.get(k) for k in ("dataset", "data", "encoder")}, "settings": meta.get("settings")}
-    want = {"origin": plain(job.origin), "settings": job.settings(modality)}
+    have = {"origin": {"dataset": meta.get("dataset"), "data": data_content(meta.get("data")),
+                       "encoder": meta.get("encoder")}, "settings": meta.get("settings")}
+    want = {"origin": dict(plain(job.origin), data=data_content(job.origin.get("data"))),
+            "settings": job.settings(modality)}
     if plain(have) == want:
         return None
     return describe_differences(plain(have), want)
