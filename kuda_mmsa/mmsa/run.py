@@ -275,7 +275,8 @@ def _append_csv(csv_file: Path, model_name: str, per_seed: List[Dict[str, float]
     metrics = list(per_seed[0])
     row = [model_name] + [(round(float(np.mean([r[m] for r in per_seed]) * 100), 2),
                            round(float(np.std([r[m] for r in per_seed]) * 100), 2)) for m in metrics]
-    df = pd.read_csv(csv_file) if csv_file.is_file() else pd.DataFrame(columns=["Model"] + metrics)
+    # object columns: cells hold (mean, std) tuples, as MMSA writes them
+    df = (pd.read_csv(csv_file) if csv_file.is_file() else pd.DataFrame(columns=["Model"] + metrics)).astype(object)
     df.loc[len(df)] = row
     with atomic_path(csv_file) as tmp:
         df.to_csv(tmp, index=None)
