@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared GPU check, for one call on a machine with an NVIDIA GPU and a torch with
-# CUDA (about 6-8 minutes on an H200):
+# CUDA (about 6-8 minutes on an H200; DEADLINE caps it, default 540 s):
 #   1. build the extension in place (CUDA arch $TORCH_CUDA_ARCH_LIST, default 9.0);
 #   2. CUDA tests: tests/test_ops.py and tests/test_model_cuda.py with the default SIMT
 #      kernels, then their CUDA tests again with KUDA_MMSA_TC=1 (fp16/bf16 on tensor cores);
@@ -21,6 +21,17 @@ export PYTHONUNBUFFERED=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # this checkout's kuda_mmsa (built in place below)
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
+# The whole script fits one device call (600 s at most): every phase's timeout is cut to what
+# is left of DEADLINE (default 540 s) minus a reserve for summary.json; a phase with no time
+# left is skipped and says so.
+DEADLINE=${DEADLINE:-540}
+within() {
+  local want=$1; shift
+  local left=$(( DEADLINE - $(elapsed) - 20 ))
+  [ "$left" -lt "$want" ] && want=$left
+  if [ "$want" -lt 15 ]; then echo "skipped, out of the ${DEADLINE} s budget: $*"; return 124; fi
+  timeout "$want" "$@"
+}
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -48,32 +59,32 @@ echo "build $BUILD in $BUILD_S s"
 if [ "$BUILD" = ok ]; then
   # ------------------------------------------------------------ 2. CUDA tests
   unset KUDA_MMSA_TC
-  timeout ${TEST_TIMEOUT:-240} $PY -m pytest tests/test_ops.py tests/test_model_cuda.py -q -rs --maxfail=25 \
+  within ${TEST_TIMEOUT:-240} $PY -m pytest tests/test_ops.py tests/test_model_cuda.py -q -rs --maxfail=25 \
     -p no:cacheprovider --junitxml="$OUT/pytest.xml" ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 | tee "$OUT/pytest.log" | tail -30
   echo "pytest exit ${PIPESTATUS[0]} at $(elapsed) s"
   # Again with the tensor-core path on: every CUDA test (the fp16/bf16 ones take the
   # tensor-core kernels and their tolerances); the torch.compile test ran above.
-  KUDA_MMSA_TC=1 timeout ${TC_TEST_TIMEOUT:-150} $PY -m pytest tests/test_ops.py tests/test_model_cuda.py -q -rs \
+  KUDA_MMSA_TC=1 within ${TC_TEST_TIMEOUT:-150} $PY -m pytest tests/test_ops.py tests/test_model_cuda.py -q -rs \
     --maxfail=25 -p no:cacheprovider --junitxml="$OUT/pytest_tc.xml" -k "${PYTEST_K:-cuda} and not compile" 2>&1 \
     | tee "$OUT/pytest_tc.log" | tail -30
   echo "pytest (KUDA_MMSA_TC=1) exit ${PIPESTATUS[0]} at $(elapsed) s"
 
   if [ "${BENCH:-1}" != 0 ]; then
     # ---------------------------------------------------------- 3. op benchmark
-    timeout ${BENCH_TIMEOUT:-150} $PY tools/bench_kernels.py --device cuda --json "$OUT/bench_kernels.json" 2>&1 \
+    within ${BENCH_TIMEOUT:-150} $PY tools/bench_kernels.py --device cuda --json "$OUT/bench_kernels.json" 2>&1 \
       | tee "$OUT/bench_kernels.log"
     echo "bench_kernels exit ${PIPESTATUS[0]} at $(elapsed) s"
     # ---------------------------------------------------------- 4. step benchmark
     if [ "${STEP_BENCH:-1}" != 0 ]; then
       STEP="tools/bench_train.py --device cuda -b ${BATCH:-32} --steps ${STEPS:-10} --warmup 3 --eval-steps 10"
-      timeout ${STEP_TIMEOUT:-180} $PY $STEP --baseline materialising --rounds ${ROUNDS:-2} \
+      within ${STEP_TIMEOUT:-180} $PY $STEP --baseline materialising --rounds ${ROUNDS:-2} \
         --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.log"
       echo "bench_train exit ${PIPESTATUS[0]} at $(elapsed) s"
-      KUDA_MMSA_TC=1 timeout ${STEP_TIMEOUT:-180} $PY $STEP --baseline none --rounds 1 \
+      KUDA_MMSA_TC=1 within ${STEP_TIMEOUT:-180} $PY $STEP --baseline none --rounds 1 \
         --json "$OUT/bench_train_tc.json" 2>&1 | tee "$OUT/bench_train_tc.log"
       echo "bench_train (KUDA_MMSA_TC=1) exit ${PIPESTATUS[0]} at $(elapsed) s"
       if [ -n "${KUDA_AUTHORS_REPO:-}" ]; then
-        timeout ${AUTHORS_TIMEOUT:-240} $PY $STEP --baseline authors --authors-repo "$KUDA_AUTHORS_REPO" \
+        within ${AUTHORS_TIMEOUT:-240} $PY $STEP --baseline authors --authors-repo "$KUDA_AUTHORS_REPO" \
           --rounds ${ROUNDS:-2} --json "$OUT/bench_train_authors.json" 2>&1 | tee "$OUT/bench_train_authors.log"
         echo "bench_train (authors) exit ${PIPESTATUS[0]} at $(elapsed) s"
       else
@@ -210,20 +221,20 @@ EOF
   DDP_PROCS="1 2"
   if [ "$NGPU" -gt 2 ]; then DDP_PROCS="1 2 $NGPU"; fi
   for P in $DDP_PROCS; do
-    timeout ${DDP_TIMEOUT:-300} $PY -m torch.distributed.run --standalone --nproc_per_node $P "$OUT/ddp_bench.py" \
+    within ${DDP_TIMEOUT:-300} $PY -m torch.distributed.run --standalone --nproc_per_node $P "$OUT/ddp_bench.py" \
       --batch ${DDP_BATCH:-16} --steps ${DDP_STEPS:-20} --json "$OUT/ddp_bench_$P.json" 2>&1 | tee "$OUT/ddp_bench_$P.log" | tail -3
     echo "ddp bench ($P process(es)) exit ${PIPESTATUS[0]} at $(elapsed) s"
   done
-  timeout ${DDP_TIMEOUT:-300} $PY -m pytest tests/test_distributed.py -q -rs -p no:cacheprovider \
+  within ${DDP_TIMEOUT:-300} $PY -m pytest tests/test_distributed.py -q -rs -p no:cacheprovider \
     --junitxml="$OUT/ddp_pytest.xml" 2>&1 | tee "$OUT/ddp_pytest.log" | tail -5
   echo "ddp pytest exit ${PIPESTATUS[0]} at $(elapsed) s"
   printf 'epochs: 2\nearly_stop: 5\nprecision: fp32\n' > "$OUT/ddp_e2e.yaml"
   E2E="-m kuda -d demo -s 1111 -n 2 -c $OUT/ddp_e2e.yaml --no-progress --no-plots"
-  timeout ${DDP_TIMEOUT:-300} $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m kuda_mmsa $E2E \
+  within ${DDP_TIMEOUT:-300} $PY -m torch.distributed.run --standalone --nproc_per_node 2 -m kuda_mmsa $E2E \
     --model-save-dir "$OUT/ddp_e2e2/m" --res-save-dir "$OUT/ddp_e2e2/r" --log-dir "$OUT/ddp_e2e2/l" \
     > "$OUT/ddp_e2e_2.log" 2>&1
   echo "ddp e2e (2 processes) exit $? at $(elapsed) s"
-  timeout ${DDP_TIMEOUT:-300} $PY -m kuda_mmsa $E2E -g 0 \
+  within ${DDP_TIMEOUT:-300} $PY -m kuda_mmsa $E2E -g 0 \
     --model-save-dir "$OUT/ddp_e2e1/m" --res-save-dir "$OUT/ddp_e2e1/r" --log-dir "$OUT/ddp_e2e1/l" \
     > "$OUT/ddp_e2e_1.log" 2>&1
   echo "ddp e2e (1 process) exit $? at $(elapsed) s"
