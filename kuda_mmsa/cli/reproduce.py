@@ -46,9 +46,10 @@ from ..config.schema import KNOWLEDGE_TEXT
 from ..data.validate import read_pickle
 from ..errors import KudaInputError
 from ..files import atomic_path, default_data_root
-from ..mmsa.args import build_args, text_encoder_config
+from ..mmsa.args import build_args
 from ..mmsa.datasets import DATASETS, canonical_name, dataset_choices, get_facts
 from ..model import KuDAConfig, build_branch, build_kuda
+from ..model.encoders import local_encoder_config
 from ..training.stage1 import job_from_args
 from ..training.sweeps import make_executor
 from ..training.transfer import is_cross_dataset
@@ -212,7 +213,7 @@ def probe(args, shapes: dict, knowledge: List[dict], source_shapes: Optional[dic
     """(seconds per KuDA run, seconds of the missing stage 1) on this machine, from timing one
     training step on synthetic inputs of the data's shapes; (None, None) when the model cannot be
     built here (e.g. the text encoder is not available offline)."""
-    if text_encoder_config(args.get("pretrained")) is None:     # not available offline: never download
+    if local_encoder_config(args.get("pretrained")) is None:     # not available offline: never download
         return None, None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     a = dict(args, seq_lens=shapes["seq_lens"],

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KudaInputError
+from ..model.encoders import local_encoder_config
 from . import safe_pickle
 
 SPLITS = ("train", "valid", "test")
@@ -154,12 +155,5 @@ def check_token_ids(text_bert, vocab_size, pretrained, path, split):
 def text_encoder_vocab_size(pretrained):
     """vocab_size of a text encoder from local files only (None when not resolvable
     offline)."""
-    if not pretrained:
-        return None
-    try:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(str(pretrained), local_files_only=True)
-        return int(getattr(cfg, "vocab_size", 0)) or None
-    except Exception:
-        return None
+    cfg = local_encoder_config(pretrained)
+    return (int(getattr(cfg, "vocab_size", 0)) or None) if cfg is not None else None

@@ -31,6 +31,7 @@ from ..config.schema import SCHEMA, keys_of
 from ..data import DEMO_BERT_NAME, ensure_demo_text_encoder
 from ..errors import KudaInputError
 from ..files import default_data_root, default_knowledge_root
+from ..model.encoders import local_encoder_config
 from .datasets import ALIASES, DATASETS, STOCK_DATASETS, canonical_name, get_facts
 
 KUDA = "kuda"
@@ -59,18 +60,6 @@ def resolve_pretrained(name):
         return str(ensure_demo_text_encoder())
     p = Path(str(name)).expanduser()
     return str(p.resolve()) if p.exists() else name
-
-
-def text_encoder_config(pretrained):
-    """The encoder's transformers config from local files, or None."""
-    if not pretrained:
-        return None
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(str(pretrained), local_files_only=True)
-    except Exception:  # not resolvable offline: checked again when the model is built
-        return None
 
 
 def _mmsa_default_file(tune: bool) -> Path:
@@ -288,7 +277,7 @@ def finish(args: dict, facts: dict, custom_feature=None) -> edict:
                                       else root / str(rel)))
     if args.get("pretrained") is not None:
         args["pretrained"] = resolve_pretrained(args["pretrained"])
-        enc = text_encoder_config(args["pretrained"]) if args.get("use_bert") else None
+        enc = local_encoder_config(args["pretrained"]) if args.get("use_bert") else None
         if enc is not None:
             args["feature_dims"] = [int(enc.hidden_size)] + list(args.get("feature_dims") or [0, 0, 0])[1:]
             if "text_out" in args:

@@ -62,19 +62,29 @@ def load_text_encoder(pretrained: Any) -> nn.Module:
             hf_logging.enable_progress_bar()
 
 
-def text_encoder_info(pretrained: Any) -> dict:
-    """What identifies a text encoder for the knowledge trained on it: its name and its
-    vocabulary and sizes (read offline from its config; name only when none is found)."""
+def local_encoder_config(pretrained: Any):
+    """A text encoder's transformers config from local files only (a config object or a
+    module gives its own), or None when it cannot be found offline."""
     from transformers import AutoConfig, PretrainedConfig
 
     if isinstance(pretrained, nn.Module):
-        pretrained = pretrained.config
-    cfg = pretrained if isinstance(pretrained, PretrainedConfig) else None
-    if cfg is None:
-        try:
-            cfg = AutoConfig.from_pretrained(str(pretrained), local_files_only=True)
-        except Exception:  # not resolvable offline: the name is all we know
-            return {"name": os.path.basename(str(pretrained).rstrip("/\\"))}
+        return pretrained.config
+    if isinstance(pretrained, PretrainedConfig):
+        return pretrained
+    if not pretrained:
+        return None
+    try:
+        return AutoConfig.from_pretrained(str(pretrained), local_files_only=True)
+    except Exception:  # not resolvable offline: checked again when the model is built
+        return None
+
+
+def text_encoder_info(pretrained: Any) -> dict:
+    """What identifies a text encoder for the knowledge trained on it: its name and its
+    vocabulary and sizes (read offline from its config; name only when none is found)."""
+    cfg = local_encoder_config(pretrained)
+    if cfg is None:   # the name is all we know
+        return {"name": os.path.basename(str(pretrained).rstrip("/\\"))}
     return {"name": os.path.basename(str(getattr(cfg, "name_or_path", "") or pretrained).rstrip("/\\")),
             "model_type": getattr(cfg, "model_type", ""), "vocab_size": int(cfg.vocab_size),
             "hidden_size": int(cfg.hidden_size), "layers": int(cfg.num_hidden_layers)}
