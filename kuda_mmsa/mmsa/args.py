@@ -103,13 +103,19 @@ def kuda_effective(dataset: str, config_file=None, overrides: Optional[Mapping] 
     return resolve(dataset, dataset_sections(), layers, aliases=ALIASES)
 
 
-def _kuda_args(facts: dict, eff: Effective) -> dict:
-    args = {
-        "model_name": KUDA, "dataset_name": facts["name"],
+def _fact_args(facts: dict) -> dict:
+    """The data's own args (features, shapes, size), for KuDA and for a stock model alike."""
+    return {
         "featurePath": facts["featurePath"], "seq_lens": copy.deepcopy(facts["seq_lens"]),
         "feature_dims": copy.deepcopy(facts["feature_dims"]),
         "train_samples": facts.get("train_samples") or (facts["splits"] or {}).get("train"),
         "num_classes": facts["num_classes"], "language": facts["language"],
+    }
+
+
+def _kuda_args(facts: dict, eff: Effective) -> dict:
+    args = {
+        "model_name": KUDA, "dataset_name": facts["name"], **_fact_args(facts),
         "metrics_name": facts["metrics_name"], "has_unimodal_labels": facts["has_unimodal_labels"],
         "label_range": list(facts["label_range"]),
         "need_data_aligned": False, "need_model_aligned": False, "need_normalized": False,
@@ -172,11 +178,8 @@ def _stock_args(model_name: str, facts: dict, config_file, overrides, overrides_
                                else d_args["unaligned"])
     else:
         d_args = {
-            "featurePath": facts["featurePath"], "seq_lens": copy.deepcopy(facts["seq_lens"]),
-            "feature_dims": copy.deepcopy(facts["feature_dims"]),
-            "train_samples": facts.get("train_samples") or (facts["splits"] or {}).get("train"),
-            "num_classes": facts["num_classes"], "language": facts["language"],
-            "KeyEval": facts["KeyEval"], "missing_rate": [0.2, 0.2, 0.2], "missing_seed": [1111, 1111, 1111],
+            **_fact_args(facts), "KeyEval": facts["KeyEval"],
+            "missing_rate": [0.2, 0.2, 0.2], "missing_seed": [1111, 1111, 1111],
         }
     args = {"model_name": model_name, "dataset_name": ds}
     args.update(d_args)
@@ -254,16 +257,19 @@ def build_args(model_name: str, dataset_name: str, config_file=None, config: Opt
     return finish(args, facts, custom_feature), eff
 
 
+def _under(root: Path, rel) -> str:
+    """A dataset's feature file: as given when absolute, else under the data root."""
+    p = Path(str(rel)).expanduser()
+    return str(p if p.is_absolute() else root / p)
+
+
 def finish(args: dict, facts: dict, custom_feature=None) -> edict:
     """Resolve paths and the text encoder; record the dataset's download hint."""
     root = Path(args["data_root"]).expanduser() if args.get("data_root") else default_data_root()
-    rel = args.get("featurePath")
     if custom_feature:
         args["featurePath"] = str(Path(custom_feature).expanduser())
-    elif rel and not Path(str(rel)).expanduser().is_absolute():
-        args["featurePath"] = str(root / rel)
-    elif rel:
-        args["featurePath"] = str(Path(str(rel)).expanduser())
+    elif args.get("featurePath"):
+        args["featurePath"] = _under(root, args["featurePath"])
     args["data_root"] = str(root)
     args["dataset_download"] = facts.get("download")
     args["knowledge_dir"] = str(Path(args["knowledge_dir"]).expanduser() if args.get("knowledge_dir")
@@ -271,10 +277,7 @@ def finish(args: dict, facts: dict, custom_feature=None) -> edict:
     source = args.get("knowledge_source")
     if source:      # knowledge_from: where the source dataset's features are
         own = args.get("knowledge_feature_file")
-        rel = source.get("featurePath")
-        source["feature_file"] = str(Path(own).expanduser() if own else
-                                     (Path(str(rel)).expanduser() if Path(str(rel)).expanduser().is_absolute()
-                                      else root / str(rel)))
+        source["feature_file"] = str(Path(own).expanduser()) if own else _under(root, source.get("featurePath"))
     if args.get("pretrained") is not None:
         args["pretrained"] = resolve_pretrained(args["pretrained"])
         enc = local_encoder_config(args["pretrained"]) if args.get("use_bert") else None
