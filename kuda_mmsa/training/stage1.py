@@ -184,6 +184,7 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
         running, seen = 0.0, 0
         bar = tqdm(loaders["train"], desc=f"stage 1 {name} {epoch}/{epochs}", disable=not job.progress, leave=False)
         for batch in bar:
+            opt.zero_grad(set_to_none=True)  # before the forward: see the trainer
             _, score, _ = branch(*branch_inputs(batch, modality, device), masked=job.masked)
             y = unimodal_target(batch, modality, device)
             loss = mse(score, y)
@@ -192,7 +193,6 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
                     f"Stage 1 [{name}] diverged: the loss is {loss.item()} in epoch {epoch}. The last "
                     f"finished epoch is saved in {partial}; lower pretrain.learning_rate and delete that "
                     f"file to start again.")
-            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             running += loss.item() * y.shape[0]
