@@ -4,7 +4,7 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .layers import TransformerStack, masked_mean
+from .layers import Dropout, TransformerStack, masked_mean
 
 
 class Adapter(nn.Module):
@@ -45,7 +45,7 @@ class UnimodalDecoder(nn.Module):
     def __init__(self, width: int, dropout: float, encoder_width: Optional[int] = None):
         super().__init__()
         p = encoder_width or width // 2
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.mlp = nn.Sequential(
             nn.Linear(width, p // 2), nn.GELU(),
             nn.Linear(p // 2, p // 4), nn.GELU(),

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import KudaInputError
 from .adapters import AdapterChain, UnimodalDecoder
 from .config import KuDAConfig, scaled_layer_indices
-from .layers import TransformerStack, padding_mask
+from .layers import TransformerStack, padding_mask, use_mask_dropout
 
 ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "electra")
 
@@ -97,7 +97,7 @@ class TextBranch(nn.Module):
 
     def __init__(self, config: KuDAConfig, text_encoder: Optional[nn.Module] = None):
         super().__init__()
-        self.bert = load_text_encoder(text_encoder if text_encoder is not None else config.pretrained)
+        self.bert = use_mask_dropout(load_text_encoder(text_encoder if text_encoder is not None else config.pretrained))
         bert_cfg = self.bert.config
         if getattr(bert_cfg, "is_encoder_decoder", False) or not hasattr(bert_cfg, "num_hidden_layers"):
             raise KudaInputError(

@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import ops
 from .config import KuDAConfig
-from .layers import SelfAttention
+from .layers import Dropout, SelfAttention
 
 FUSION_EPS = 1e-6
 
@@ -32,8 +32,8 @@ class FeedForward(nn.Module):
     def __init__(self, width: int, ff_size: int, dropout: float):
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(width), nn.Linear(width, ff_size), nn.GELU(), nn.Dropout(dropout),
-            nn.Linear(ff_size, width), nn.Dropout(dropout),
+            nn.LayerNorm(width), nn.Linear(width, ff_size), nn.GELU(), Dropout(dropout),
+            nn.Linear(ff_size, width), Dropout(dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +73,7 @@ class RatioCrossAttention(nn.Module):
         self.k = nn.ModuleList(nn.Linear(width, inner, bias=False) for _ in range(num_sources))
         self.v = nn.ModuleList(nn.Linear(width, inner, bias=False) for _ in range(num_sources))
         self.out = nn.ModuleList(nn.Linear(inner, width) for _ in range(num_sources))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, inner] -> [B, H, L, d]
         b, l, _ = x.shape

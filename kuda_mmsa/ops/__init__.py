@@ -71,6 +71,11 @@ def backend() -> Dict[str, str]:
     return b
 
 
+def compiled(device_type: str) -> bool:
+    """Whether a compiled (or JIT-built) kernel serves this device type."""
+    return _BACKEND.get(device_type, "reference") != "reference"
+
+
 def _kernel_takes(q, k, v, weight, key_padding_mask) -> Optional[str]:
     """None if the compiled op can run these inputs, else the reason it cannot."""
     if _BACKEND.get(q.device.type, "reference") == "reference":
@@ -109,4 +114,4 @@ def ratio_cross_attention(
     return ratio_cross_attention_reference(q, k, v, weight, key_padding_mask, scale)
 
 
-__all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "backend", "tensor_cores_requested"]
+__all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "backend", "compiled", "tensor_cores_requested"]
