@@ -182,19 +182,108 @@ def test_estimate_ratio_source_is_label_free_and_trains_its_estimator():
     torch.testing.assert_close(eval_out["ratio"], sentiment_ratio(scores, eval_out["estimate"], 5.0))
 
 
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+@pytest.mark.parametrize("mode", ["sequences", "all", "auto"])
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(mode):
+    # With dropout on: the recomputation must draw the same masks as the first pass.
+    drop = dict(fusion_dropout=0.2, av_dropout=0.2, adapter_dropout=0.1)
     inputs, labels = make_batch()
-    plain = make_model().train()
-    ckpt = make_model(gradient_checkpointing=True).train()
+    plain = make_model(gradient_checkpointing="none", **drop).train()
+    ckpt = make_model(gradient_checkpointing=mode, **drop).train()
     ckpt.load_state_dict(plain.state_dict())
-    grads = []
+    grads, losses = [], []
     for model in (plain, ckpt):
+        torch.manual_seed(5)
         out = model(**inputs, labels=labels)
-        (out["M"].pow(2).mean() + out["ce"]).backward()
+        loss = out["M"].pow(2).mean() + out["ce"]
+        loss.backward()
+        losses.append(loss.detach())
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(losses[1], losses[0])
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_modes_choose_the_documented_stacks():
+    from kuda_mmsa.model.layers import TransformerStack
+
+    def stacks(model):
+        return {n: m.checkpointing for n, m in model.named_modules() if isinstance(m, TransformerStack)}
+
+    auto = stacks(make_model())  # the default
+    assert {v for n, v in auto.items() if n.startswith(("branches.V.", "branches.A."))} == {"cpu"}
+    assert {v for n, v in auto.items() if n.startswith("branches.T.")} == {"never"}
+    seq = stacks(make_model(gradient_checkpointing="sequences"))
+    assert {v for n, v in seq.items() if n.startswith(("branches.V.", "branches.A."))} == {"always"}
+    assert {v for n, v in seq.items() if n.startswith("branches.T.")} == {"never"}
+    assert set(stacks(make_model(gradient_checkpointing="all")).values()) == {"always"}
+    assert set(stacks(make_model(gradient_checkpointing="none")).values()) == {"never"}
+    # Earlier versions' booleans keep their meaning; anything else is a clear error.
+    assert make_config(gradient_checkpointing=True).gradient_checkpointing == "all"
+    assert make_config(gradient_checkpointing=False).gradient_checkpointing == "none"
+    with pytest.raises(KudaInputError, match="gradient_checkpointing.*'sequences'.*found 'audio'"):
+        make_config(gradient_checkpointing="audio")
+    with pytest.raises(KudaInputError, match="gradient_checkpointing"):
+        make_config(gradient_checkpointing=1)
+
+
+def test_dropout_keeps_p_unbiased_masks_gradients_and_follows_the_seed():
+    from kuda_mmsa.model.layers import Dropout
+
+    x = torch.rand(400, 500) + 0.5
+    x.requires_grad_(True)
+    for p in (0.1, 0.3, 0.5):
+        drop = Dropout(p).train()
+        torch.manual_seed(0)
+        y = drop(x)
+        kept = y != 0
+        n = kept.numel()
+        # binomial: the kept share within 5 standard deviations of 1 - p
+        assert abs(kept.float().mean().item() - (1 - p)) < 5 * math.sqrt(p * (1 - p) / n)
+        torch.testing.assert_close(y[kept], x[kept] / (1 - p), rtol=2e-4, atol=0)  # p rounded to 1/32768
+        assert abs(y.sum().item() / x.sum().item() - 1) < 0.01                     # unbiased
+        g = torch.randn_like(x)
+        (dx,) = torch.autograd.grad(y, x, g)
+        torch.testing.assert_close(dx, torch.where(kept, g / (1 - p), 0.0), rtol=2e-4, atol=0)
+        torch.manual_seed(0)
+        assert torch.equal(drop(x), y)                         # the same seed draws the same mask
+        assert not torch.equal(drop(x), y)                     # and the next call another one
+    assert torch.equal(Dropout(0.3).eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+
+
+def test_the_text_encoders_dropouts_are_swapped_with_their_rates():
+    from kuda_mmsa.model.layers import Dropout
+
+    bert = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                      intermediate_size=64, hidden_dropout_prob=0.15, attention_probs_dropout_prob=0.05)
+    model = make_model(pretrained=bert)
+    drops = [m for m in model.branches["T"].bert.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(type(m) is Dropout for m in drops)
+    assert {m.p for m in drops} == {0.15, 0.05}  # hidden states; attention (its p is read by SDPA)
+
+
+def test_self_attention_on_the_fused_kernel_matches_sdpa(monkeypatch):
+    from kuda_mmsa import ops
+    from kuda_mmsa.model.layers import SelfAttention
+
+    if not ops.compiled("cpu"):
+        pytest.skip("the CPU kernel is not built")
+    torch.manual_seed(0)
+    attn = SelfAttention(16, 4)
+    x = torch.randn(3, 11, 16, requires_grad=True)
+    pad = torch.arange(11)[None] >= torch.tensor([11, 6, 1])[:, None]
+    calls = []
+    real = ops.ratio_cross_attention
+    monkeypatch.setattr(ops, "ratio_cross_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    fused = attn(x, pad)
+    assert calls, "the CPU path did not take the fused kernel"
+    (g_fused,) = torch.autograd.grad(fused.square().sum(), x)
+    monkeypatch.setattr(ops, "compiled", lambda device_type: False)   # SDPA, the reference here
+    ref = attn(x, pad)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(g_fused, g_ref, atol=1e-5, rtol=1e-4)
 
 
 def test_dynamic_mode_skips_batch_wide_padding_without_changing_results():

@@ -31,6 +31,7 @@ class Key:
     high_open: bool = False
     optional: bool = False     # None is allowed (its meaning is in the help)
     tunable: bool = True       # may appear in the tune section's d_paras
+    aliases: Tuple = ()        # (old value, its current spelling): values of earlier versions
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -72,6 +73,10 @@ class Key:
             if self.optional:
                 return None
             self._fail(value, source)
+        for old, current in self.aliases:
+            if value is old or (type(value) is type(old) and value == old):
+                value = current
+                break
         out = self._typed(value, source)
         if self.choices and out not in self.choices:
             self._fail(value, source)

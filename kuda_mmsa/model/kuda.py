@@ -62,16 +62,18 @@ class KuDA(nn.Module):
         self.ratio_estimator = RatioEstimator(len(MODALITIES)) if config.ratio_source == "estimate" else None
         self.reliability = (ReliabilityHeads([self.branches[m].out_width for m in MODALITIES])
                             if config.ratio_source == "reliability" else None)
-        if config.gradient_checkpointing:
-            self.enable_gradient_checkpointing()
+        self._configure_checkpointing(config.gradient_checkpointing)
 
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute the encoders' and adapters' activations in backward (less memory)."""
-        for module in self.modules():
+    def _configure_checkpointing(self, mode: str) -> None:
+        """none | sequences | all | auto (the ``gradient_checkpointing`` key): which stacks
+        recompute their activations in backward instead of keeping them."""
+        sequences = {"none": "never", "sequences": "always", "all": "always", "auto": "cpu"}[mode]
+        for name, module in self.named_modules():
             if isinstance(module, TransformerStack):
-                module.gradient_checkpointing = True
+                long = name.startswith(("branches.V.", "branches.A."))
+                module.checkpointing = sequences if long else ("always" if mode == "all" else "never")
         bert = self.branches["T"].bert
-        if getattr(bert, "supports_gradient_checkpointing", False):
+        if mode == "all" and getattr(bert, "supports_gradient_checkpointing", False):
             kwargs = {"use_reentrant": False}
             if hasattr(bert, "activation_checkpointing_enable"):  # transformers >= 5 name
                 bert.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

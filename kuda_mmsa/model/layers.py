@@ -140,20 +140,23 @@ class TransformerLayer(nn.Module):
 class TransformerStack(nn.Module):
     """Layers iterated by hand so that every intermediate state is available.
 
-    With `gradient_checkpointing` set, each layer's activations are recomputed in backward
-    instead of kept (long audio sequences: less memory for some extra compute)."""
+    With `checkpointing` "always" (or "cpu" and the input on a CPU), each layer's activations
+    are recomputed in backward instead of kept (long audio sequences: less memory for some
+    extra compute); "never" keeps them."""
 
     def __init__(self, layers: int, width: int, heads: int, ff_size: int, dropout: float,
                  attn_dropout: float = 0.0):
         super().__init__()
         self.layers = nn.ModuleList(TransformerLayer(width, heads, ff_size, dropout, attn_dropout)
                                     for _ in range(layers))
-        self.gradient_checkpointing = False
+        self.checkpointing = "never"
 
     def forward(self, x: torch.Tensor, pad: Optional[torch.Tensor] = None, return_all: bool = False):
         states = [x]
+        recompute = (self.training and torch.is_grad_enabled()
+                     and (self.checkpointing == "always" or (self.checkpointing == "cpu" and x.device.type == "cpu")))
         for layer in self.layers:
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            if recompute:
                 x = checkpoint(layer, x, pad, use_reentrant=False)
             else:
                 x = layer(x, pad)
