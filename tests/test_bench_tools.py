@@ -27,10 +27,11 @@ bench_train = _load("bench_train")
 
 
 def test_parse_ours_variants():
-    assert bench_train.parse_ours("ours") == (None, False)
-    assert bench_train.parse_ours("ours-ckpt") == (None, True)
-    assert bench_train.parse_ours("ours-bf16") == ("bf16", False)
-    assert bench_train.parse_ours("ours-fp32-ckpt") == ("fp32", True)
+    assert bench_train.parse_ours("ours") == (None, None)          # the config's default
+    assert bench_train.parse_ours("ours-ckpt") == (None, "all")    # configs/cpu_fast.yaml
+    assert bench_train.parse_ours("ours-bf16") == ("bf16", None)
+    assert bench_train.parse_ours("ours-fp32-nockpt") == ("fp32", "none")
+    assert bench_train.parse_ours("ours-seqckpt") == (None, "sequences")
 
 
 def test_cpu_info_reads_model_and_flags(monkeypatch):

@@ -41,6 +41,21 @@ def test_cpu_amx_bf16_only_is_bf16():
     assert "amx_bf16" in why and "avx512_bf16" not in why
 
 
+def test_cpu_bf16_flags_with_torch_capped_below_avx512_is_fp32():
+    # ATEN_CPU_CAPABILITY=avx2 (how bench_train --isa avx2 stands in for an AVX2-only CPU):
+    # torch's kernels then emulate bf16 even though the CPU has it.
+    caps = Capabilities("cpu", cpu_flags=AVX512_NO_BF16 | {"avx512_bf16"}, cpu_capability="AVX2")
+    p, why = choose("auto", caps)
+    assert p == "fp32" and "ATEN_CPU_CAPABILITY" in why
+    uncapped = Capabilities("cpu", cpu_flags=AVX512_NO_BF16 | {"avx512_bf16"}, cpu_capability="AVX512")
+    assert choose("auto", uncapped)[0] == "bf16"
+
+
+def test_detect_reads_torchs_cpu_capability(monkeypatch):
+    monkeypatch.setattr(precision.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert precision.detect("cpu").cpu_capability == "AVX2"
+
+
 def test_cpu_amx_tile_without_amx_bf16_is_fp32():
     # AMX-INT8 machines have amx_tile but not amx_bf16: bf16 is not native there.
     assert choose("auto", Capabilities("cpu", cpu_flags=AVX2_ONLY | {"amx_tile", "amx_int8"}))[0] == "fp32"

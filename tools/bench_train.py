@@ -6,11 +6,13 @@ Shapes default to CH-SIMS v2's (T 50, V 232x177, A 925x25) with a bert-base-size
 encoder built from a BertConfig (vocab 21128, random weights: nothing is downloaded). Every
 measurement runs in its own child process, so its peak RSS is its own. Variants:
 
-  ours            the trainer's setup: KuDAConfig defaults, freeze_knowledge, make_adamw,
-                  grad_clip and ce_weight from the config defaults, precision from
-                  choose('auto', detect(device)) unless --precision is given
-  ours-ckpt       the same with gradient_checkpointing (configs/cpu_fast.yaml)
-  ours-fp32, ours-bf16, ours-fp32-ckpt, ...   the same with the precision forced
+  ours            the trainer's setup: KuDAConfig defaults (gradient_checkpointing auto),
+                  freeze_knowledge, make_adamw, grad_clip and ce_weight from the config
+                  defaults, precision from choose('auto', detect(device)) unless --precision
+                  is given
+  ours-ckpt       the same with gradient_checkpointing: all (configs/cpu_fast.yaml)
+  ours-seqckpt    ... gradient_checkpointing: sequences;  ours-nockpt: none
+  ours-fp32, ours-bf16, ours-fp32-nockpt, ...   the same with the precision forced
   authors         the authors' stage-2 model (models.OverallModal.KMSA) from a local copy
                   of their repository (--authors-repo: a checkout or a bare git dir, which
                   is exported to a temporary folder), adapted at run time (never edited;
@@ -22,6 +24,12 @@ measurement runs in its own child process, so its peak RSS is its own. Variants:
     python tools/bench_train.py -b 16 --baseline authors --authors-repo ~/src/KuDA
     python tools/bench_train.py -b 16                         # materialising baseline
     python tools/bench_train.py -b 32 --device cuda --eval-steps 5 --json out.json
+
+--isa avx2 stands in for an AVX2-only CPU on a newer one: every child runs with torch's
+kernels capped at AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2,
+MKL_ENABLE_INSTRUCTIONS=AVX2, KUDA_MMSA_CPU_ISA=avx2), so `precision: auto` chooses fp32 as it
+would there. Clock speeds and caches stay the newer CPU's: a stand-in, not a measurement of
+an AVX2-only machine.
 
 --rounds R runs baseline and ours R times, interleaved (the order flips every round), and
 the ratios are given per round. Numbers from a shared machine vary by tens of percent:
@@ -99,11 +107,17 @@ def finish(res, opts, device):
 
 
 # ============================================================================ ours
+CHECKPOINTING = {"ckpt": "all", "seqckpt": "sequences", "nockpt": "none"}
+ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                     "MKL_ENABLE_INSTRUCTIONS": "AVX2", "KUDA_MMSA_CPU_ISA": "avx2"}}
+
+
 def parse_ours(variant):
-    """'ours[-fp32|-bf16][-ckpt]' -> (precision or None, checkpointing)."""
+    """'ours[-fp32|-bf16][-ckpt|-seqckpt|-nockpt]' -> (precision or None, gradient_checkpointing
+    or None: the config default)."""
     parts = variant.split("-")[1:]
     precision = next((p for p in parts if p in ("fp32", "bf16", "auto")), None)
-    return precision, "ckpt" in parts
+    return precision, next((CHECKPOINTING[p] for p in parts if p in CHECKPOINTING), None)
 
 
 def run_ours(opts, variant):
@@ -128,7 +142,7 @@ def run_ours(opts, variant):
     torch.manual_seed(0)
     L_T, (L_V, D_V), (L_A, D_A) = opts.text_len, opts.vision, opts.audio
     cfg = KuDAConfig(feature_dims=[768, D_A, D_V], seq_lens=[L_T, L_A, L_V],
-                     pretrained=BertConfig(vocab_size=21128), gradient_checkpointing=ckpt)
+                     pretrained=BertConfig(vocab_size=21128), **({"gradient_checkpointing": ckpt} if ckpt else {}))
     model = KuDA(cfg).to(device)
     model.freeze_knowledge()  # stage 2 (knowledge weights are random here, never loaded)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -137,14 +151,14 @@ def run_ours(opts, variant):
     labels = x["labels"]
     inputs = {k: x[k] for k in ("text", "audio", "vision", "audio_lengths", "vision_lengths")}
 
-    def step():
+    def step():  # the trainer's loop body
         model.train()
+        opt.zero_grad(set_to_none=True)
         with prec.autocast(device, precision):
             out = model(**inputs, labels=labels)
         loss = torch.nn.functional.mse_loss(out["M"].float(), labels) + ce_w * out["ce"].float()
         if "aux" in out:
             loss = loss + out["aux"].float()
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(params, clip)
@@ -161,7 +175,7 @@ def run_ours(opts, variant):
     from kuda_mmsa.ops import backend
 
     res.update({"variant": variant, "precision": precision, "precision_reason": why,
-                "gradient_checkpointing": ckpt, "kernels": backend()})
+                "gradient_checkpointing": cfg.gradient_checkpointing, "kernels": backend()})
     return finish(res, opts, device)
 
 
@@ -401,6 +415,7 @@ def run_child(opts, variant):
 
     # The child must import kuda_mmsa from this checkout even when it is not installed.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env.update(ISA_CAPS.get(opts.isa, {}))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
                           preexec_fn=cap if opts.device == "cpu" and limit > 0 else None)
@@ -430,9 +445,12 @@ def main() -> None:
     p.add_argument("--authors-repo", default=os.environ.get(AUTHORS_REPO_ENV),
                    help="a local clone of github.com/MKMaS-GUET/KuDA, or a bare git dir of it")
     p.add_argument("--variants", nargs="+", default=["ours"],
-                   help="ours, ours-ckpt, ours-fp32, ours-bf16, ours-bf16-ckpt, ... (see above)")
+                   help="ours, ours-ckpt, ours-nockpt, ours-fp32, ours-bf16-ckpt, ... (see above)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="precision of the 'ours' variants without an explicit one (default auto, as the trainer)")
+    p.add_argument("--isa", choices=["native", *ISA_CAPS], default="native",
+                   help="CPU: cap torch's (and our) kernels at this instruction set in every process "
+                        "(see above); native = what the CPU has")
     p.add_argument("--rounds", type=int, default=2, help="interleaved rounds of baseline and ours")
     p.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=1)
@@ -459,7 +477,7 @@ def main() -> None:
         return
 
     for v in opts.variants:
-        if not v.startswith("ours") or any(x not in ("fp32", "bf16", "auto", "ckpt") for x in v.split("-")[1:]):
+        if not v.startswith("ours") or any(x not in ("fp32", "bf16", "auto", *CHECKPOINTING) for x in v.split("-")[1:]):
             p.error(f"unknown variant {v!r}")
     baseline = opts.baseline or ("authors" if opts.authors_repo else "materialising")
     notes = []
@@ -478,6 +496,7 @@ def main() -> None:
             raise SystemExit(f"the authors' code imports {', '.join(missing)}: install them into this environment "
                              f"(pip install {' '.join(missing)}); they are not dependencies of kuda_mmsa")
 
+    os.environ.update(ISA_CAPS.get(opts.isa, {}))  # before torch: the parent's `auto` below sees the cap too
     import torch  # noqa: E402  (after argument errors)
 
     sys.path.insert(0, str(ROOT))  # this checkout's kuda_mmsa, installed or not (as the children)
@@ -491,6 +510,9 @@ def main() -> None:
           f"V {opts.vision[0]}x{opts.vision[1]}, A {opts.audio[0]}x{opts.audio[1]}, bert-base sizes (random)")
     print(f"machine: {cpu_model}; CPU flags: {' '.join(flags) or 'none of ' + '/'.join(CPU_FLAGS_SHOWN)}; "
           f"{threads} torch threads of {os.cpu_count()} CPUs; torch {torch.__version__}")
+    if opts.isa != "native":
+        print(f"ISA cap: {opts.isa} in every process ({' '.join(f'{k}={v}' for k, v in ISA_CAPS[opts.isa].items())}); "
+              f"torch's CPU capability here: {torch.backends.cpu.get_cpu_capability()}")
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}")
     print(f"checkout {commit_of_checkout()}; ours: precision {auto} ({why})")
@@ -560,7 +582,7 @@ def main() -> None:
             print(f"{v} vs {baseline}: {min(sp):.2f}-{max(sp):.2f}x faster, "
                   f"{min(me):.2f}-{max(me):.2f}x the {'GPU memory' if gpu else 'peak RSS'} over {len(sp)} round(s)")
     if opts.json:
-        meta = {"cpu": cpu_model, "cpu_flags": flags, "threads": threads, "cpus": os.cpu_count(),
+        meta = {"cpu": cpu_model, "cpu_flags": flags, "isa_cap": opts.isa, "threads": threads, "cpus": os.cpu_count(),
                 "torch": torch.__version__, "commit": commit_of_checkout(), "baseline": baseline,
                 "batch": opts.batch_size, "device": opts.device, "precision_auto": [auto, why], "notes": notes,
                 "gpu": torch.cuda.get_device_name(device) if gpu else None,

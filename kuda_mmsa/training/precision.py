@@ -2,7 +2,7 @@
 
 ``auto`` chooses bfloat16 autocast only where the hardware computes it natively: a CUDA GPU
 that supports bf16, or a CPU with AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo at run
-time). Elsewhere bf16 is emulated (about 10x slower than fp32 on an AVX2-only CPU), so auto
+time) on which torch runs its AVX512 kernels (not capped by ATEN_CPU_CAPABILITY). Elsewhere bf16 is emulated (about 10x slower than fp32 on an AVX2-only CPU), so auto
 means fp32 there. The decision is a pure function of the detected capabilities
 (``choose``), and the run logs what was chosen and why.
 """
@@ -23,6 +23,9 @@ class Capabilities:
     device_type: str                                 # "cpu" | "cuda" | ...
     cpu_flags: FrozenSet[str] = field(default_factory=frozenset)
     cuda_bf16: bool = False
+    # torch's CPU kernel level (torch.backends.cpu.get_cpu_capability(): "AVX512", "AVX2",
+    # ...); below AVX512 when capped with ATEN_CPU_CAPABILITY, "" when unknown
+    cpu_capability: str = ""
 
 
 def cpu_flags() -> FrozenSet[str]:
@@ -41,7 +44,11 @@ def detect(device) -> Capabilities:
     device = torch.device(device)
     if device.type == "cuda":
         return Capabilities("cuda", cuda_bf16=bool(torch.cuda.is_bf16_supported()))
-    return Capabilities(device.type, cpu_flags=cpu_flags())
+    try:
+        capability = str(torch.backends.cpu.get_cpu_capability())
+    except Exception:  # an older torch without the query
+        capability = ""
+    return Capabilities(device.type, cpu_flags=cpu_flags(), cpu_capability=capability)
 
 
 def choose(requested: str, caps: Capabilities) -> Tuple[str, str]:
@@ -54,6 +61,9 @@ def choose(requested: str, caps: Capabilities) -> Tuple[str, str]:
         return "fp32", "auto: this GPU has no bfloat16 support"
     if caps.device_type == "cpu":
         native = [f for f in NATIVE_BF16_CPU_FLAGS if f in caps.cpu_flags]
+        if native and caps.cpu_capability and not caps.cpu_capability.startswith("AVX512"):
+            return "fp32", (f"auto: the CPU has {', '.join(native)}, but torch runs its CPU kernels at "
+                            f"{caps.cpu_capability} (ATEN_CPU_CAPABILITY), where bfloat16 is emulated")
         if native:
             return "bf16", f"auto: the CPU has native bfloat16 ({', '.join(native)})"
         return "fp32", ("auto: the CPU has no AVX512-BF16/AMX (bfloat16 would be emulated, "
