@@ -12,7 +12,7 @@ from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 NAME = "kuda_mmsa"
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 
 INSTALL_REQUIRES = [
     "torch>=2.4",

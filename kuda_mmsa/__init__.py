@@ -1,5 +1,5 @@
 """KuDA (Knowledge-Guided Dynamic Modality Attention Fusion) as an MMSA plugin."""
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from .errors import (KudaCheckpointError, KudaError, KudaInputError,  # noqa: E402
                      KudaStaleStateError, KudaTrainingError)
