@@ -142,6 +142,14 @@ static KUDA_INLINE void key_masks(const bool* __restrict mask, int64_t Lk, int64
   }
 }
 
+// End of the key tiles that hold a valid key: tiles past the last valid key (a padded
+// suffix, as key padding masks are) are all masked and add exactly nothing to O, dQ, dK or
+// dV, so the loops stop there (a quarter of the work for lengths spread over [L/2, L]).
+static KUDA_INLINE int64_t valid_key_end(const float* __restrict keep, int64_t Lk) {
+  int64_t last = Lk;
+  while (last > 0 && keep[last - 1] == 0.f) --last;
+  return (last + BK - 1) / BK * BK;
+}
 
 // C[m, n] += sum_k A(m, k) B(k, n), A(i, k) = a[i * sai + k * sak], B(k, j) = b[k * ldb + j],
 // C(i, j) = c[i * ldc + j]. Register-blocked MR x NR micro-kernel (the n loop is what the
@@ -202,6 +210,7 @@ static KUDA_INLINE void fwd_head_impl(const float* __restrict q, const float* __
   float* __restrict keep = kt + d * Lp;
   float* __restrict bias = keep + Lp;
   key_masks(mask, Lk, Lp, keep, bias);
+  const int64_t Lend = valid_key_end(keep, Lk);
   const float ninf = -std::numeric_limits<float>::infinity();
   float mrow[BR], lrow[BR];
   for (int64_t i0 = 0; i0 < Lq; i0 += BR) {
@@ -212,7 +221,7 @@ static KUDA_INLINE void fwd_head_impl(const float* __restrict q, const float* __
       mrow[r] = ninf;
       lrow[r] = 0.f;
     }
-    for (int64_t j0 = 0; j0 < Lp; j0 += BK) {
+    for (int64_t j0 = 0; j0 < Lend; j0 += BK) {
       const int64_t n = std::min(BK, Lk - j0);
       const int64_t nw = (n + NR - 1) / NR * NR;  // columns computed (kt is zero padded)
       for (int64_t i = 0; i < nr * BK; ++i) s[i] = 0.f;
@@ -272,9 +281,10 @@ static KUDA_INLINE void bwd_head_impl(const float* __restrict q, const float* __
   transpose_pad(v, vt, Lk, d, Lp);
   float* __restrict keep = kt + d * Lp;
   key_masks(mask, Lk, Lp, keep, nullptr);
+  const int64_t Lend = valid_key_end(keep, Lk);
   for (int64_t i0 = 0; i0 < Lq; i0 += BRB) {
     const int64_t nr = std::min(BRB, Lq - i0);
-    for (int64_t j0 = 0; j0 < Lp; j0 += BK) {
+    for (int64_t j0 = 0; j0 < Lend; j0 += BK) {
       const int64_t n = std::min(BK, Lk - j0);
       const int64_t nw = (n + NR - 1) / NR * NR;  // columns computed (kt, vt are zero padded)
       for (int64_t i = 0; i < nr * BK; ++i) {

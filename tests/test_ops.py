@@ -201,6 +201,35 @@ def test_cpu_masked_keys_far_above_valid():
 
 
 @needs_cpu_op
+@pytest.mark.parametrize("holes", [False, True], ids=["suffix", "suffix+holes"])
+def test_cpu_padded_key_suffix_matches_reference(holes):
+    # Key padding masks are suffixes (lengths); the kernel stops at the last key tile holding a
+    # valid key, so whole 64-key tiles of padding are skipped. Values and gradients must not
+    # notice, and padded keys get exactly zero dK, dV.
+    B, M, H, Lq, Lk, d = 6, 1, 2, 40, 300, 16
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, M, H, L, d, generator=g) for L in (Lq, Lk, Lk))
+    w = torch.rand(B, M, generator=g) + 0.5
+    lengths = torch.tensor([300, 200, 64, 65, 1, 130])
+    mask = (torch.arange(Lk)[None, :] >= lengths[:, None])[:, None, :].expand(B, M, Lk).clone()
+    if holes:  # and masked keys before the last valid one
+        mask |= torch.rand(B, M, Lk, generator=g) < 0.3
+        mask[torch.arange(B), :, lengths - 1] = False
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    out = torch.ops.kuda_mmsa.ratio_cross_attention(*leaves, mask, 0.25)
+    rleaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    ref = reference(*rleaves, mask, 0.25)
+    gout = torch.randn(out.shape, generator=g)
+    out.backward(gout)
+    ref.backward(gout)
+    assert nerr(out, ref) < 1e-5
+    for name, a, b in zip("qkvw", leaves, rleaves):
+        assert nerr(a.grad, b.grad) < 1e-4, name
+    padded = mask[:, :, None, :].expand(B, M, H, Lk)
+    assert (leaves[1].grad[padded] == 0).all() and (leaves[2].grad[padded] == 0).all()
+
+
+@needs_cpu_op
 @pytest.mark.parametrize("isa", ["base", "avx2"])
 def test_cpu_lower_isa_paths(isa):
     """The CPU kernel is compiled per ISA (baseline, AVX2, AVX-512) and picked at run time;
