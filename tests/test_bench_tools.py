@@ -72,6 +72,10 @@ def test_bench_kernels_sdpa_composition_matches_reference():
     scale = 1 / math.sqrt(16)
     ref = bench_kernels.ops.ratio_cross_attention_reference(q, k, v, w, mask, scale)
     torch.testing.assert_close(bench_kernels.sdpa_composition(q, k, v, w, mask, scale), ref, atol=1e-5, rtol=1e-5)
+    # "lengths" padding: a padded suffix per (b, m), never the first key
+    *_, mask = bench_kernels.make(4, 2, 1, 40, 8, torch.float32, "cpu", False, padding="lengths")
+    valid = (~mask).sum(-1)
+    assert torch.equal(mask, torch.arange(40) >= valid[..., None]) and (valid >= 20).all()
     assert "kernel_tc" not in bench_kernels.methods_for("cpu", torch.bfloat16)
     assert "kernel_tc" in bench_kernels.methods_for("cuda", torch.bfloat16)
     assert "kernel_tc" not in bench_kernels.methods_for("cuda", torch.float32)

@@ -7,8 +7,9 @@ Times forward and forward+backward of
   reference  the eager PyTorch reference,
   sdpa       torch.nn.functional.scaled_dot_product_attention over the M stacked sources
              (boolean attn_mask from the key padding mask), then the weight,
-at DAF shapes (B 32, M 3, H 8, L 50, d 64) and longer sequences (L 500, 925; fewer B on
-CPU), on every device present, all in the same run, and prints one table per device with
+at DAF shapes (B 32, M 3, H 8, L 50, d 64), longer sequences (L 500, 925; fewer B on CPU)
+and the audio encoders' self-attention (M 1, L 925, head dim 16, key padding as a suffix:
+lengths drawn in [L/2, L], as real batches have), on every device present, all in the same run, and prints one table per device with
 ratios (>1 = the kernel is faster). The masks leave every row at least one key, so SDPA
 is defined everywhere.
 
@@ -64,12 +65,17 @@ def set_tc(on):
     os.environ["KUDA_MMSA_TC"] = "1" if on else "0"
 
 
-def make(B, M, H, L, d, dtype, device, grad):
+def make(B, M, H, L, d, dtype, device, grad, padding="random"):
+    """padding: "random" (20 % of keys anywhere) or "lengths" (a padded suffix per sample)."""
     g = torch.Generator().manual_seed(0)
     t = lambda *s: torch.randn(*s, generator=g).to(device=device, dtype=dtype).requires_grad_(grad)
     q, k, v = t(B, M, H, L, d), t(B, M, H, L, d), t(B, M, H, L, d)
     w = torch.rand(B, M, generator=g).to(device).requires_grad_(grad)
-    mask = torch.rand(B, M, L, generator=g) < 0.2
+    if padding == "lengths":
+        lengths = torch.randint(L // 2, L + 1, (B, M), generator=g)
+        mask = torch.arange(L)[None, None, :] >= lengths[..., None]
+    else:
+        mask = torch.rand(B, M, L, generator=g) < 0.2
     mask[..., 0] = False
     return q, k, v, w, mask.to(device)
 
@@ -103,18 +109,19 @@ def timer(device):
 def bench_device(device, reps):
     run = timer(device)
     if device == "cuda":
-        shapes = [(32, 3, 8, 50, 64), (16, 3, 8, 500, 64), (8, 3, 8, 925, 64)]
+        shapes = [(32, 3, 8, 50, 64), (16, 3, 8, 500, 64), (8, 3, 8, 925, 64), (32, 1, 8, 925, 16, "lengths")]
         dtypes = [torch.float32, torch.bfloat16, torch.float16]
     else:
-        shapes = [(32, 3, 8, 50, 64), (2, 3, 8, 500, 64), (1, 3, 8, 925, 64)]
+        shapes = [(32, 3, 8, 50, 64), (2, 3, 8, 500, 64), (1, 3, 8, 925, 64), (16, 1, 8, 925, 16, "lengths")]
         dtypes = [torch.float32]
     rows = []
-    for (B, M, H, L, d), dtype in [(s, dt) for s in shapes for dt in dtypes]:
+    for (B, M, H, L, d, *padding), dtype in [(s, dt) for s in shapes for dt in dtypes]:
+        padding = padding[0] if padding else "random"
         scale = 1.0 / math.sqrt(d)
         res = {}
         for passname in ("fwd", "fwd+bwd"):
             grad = passname != "fwd"
-            q, k, v, w, mask = make(B, M, H, L, d, dtype, device, grad)
+            q, k, v, w, mask = make(B, M, H, L, d, dtype, device, grad, padding)
             gout = torch.randn_like(q)
             t = {}
             # interleave rounds so background load hits every method alike
@@ -137,7 +144,8 @@ def bench_device(device, reps):
             set_tc(False)
             res[passname] = t
         for passname, t in res.items():
-            rows.append(((B, M, H, L, d), str(dtype).replace("torch.", ""), passname, t))
+            rows.append(((B, M, H, L, d) + ((padding,) if padding != "random" else ()),
+                         str(dtype).replace("torch.", ""), passname, t))
     name = torch.cuda.get_device_name() if device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"\n## {device}: {name}; torch {torch.__version__}; backend {ops.backend()} (kernel_tc: KUDA_MMSA_TC=1)")
     print("| shape (B,M,H,L,d) | dtype | pass | kernel ms | kernel_tc ms | reference ms | sdpa ms | ref/kernel | "
