@@ -17,13 +17,12 @@ class _MaskDropout(torch.autograd.Function):
     On CPU, ``F.dropout`` draws its mask with ``bernoulli_`` (about 6 ns an element on two
     cores, 9 % of a CH-SIMS v2 training step) and keeps it as a float tensor. Here the mask
     comes from 15 random bits per element (about 2.5x faster to draw) and is kept as bool,
-    a quarter of the memory. p is rounded to a multiple of 1/32768 and the kept values are
+    a quarter of the memory. p is rounded to threshold / 32768 and the kept values are
     scaled by 1 / (1 - that p), so the output stays unbiased."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, threshold: int) -> torch.Tensor:
         n = x.numel()
-        threshold = round(p * 32768)
         # random_() on int32 fills 31 random bits; each int16 half carries 15 uniform low bits.
         bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_()
         keep = (bits.view(torch.int16)[:n].bitwise_and_(0x7FFF) >= threshold).view(x.shape)
@@ -48,7 +47,7 @@ class Dropout(nn.Dropout):
         threshold = round(self.p * 32768)
         if x.device.type != "cpu" or not 0 < threshold < 32768 or torch.compiler.is_compiling():
             return F.dropout(x, self.p, True, self.inplace)
-        return _MaskDropout.apply(x, self.p)
+        return _MaskDropout.apply(x, threshold)
 
 
 def use_mask_dropout(module: nn.Module) -> nn.Module:
@@ -108,9 +107,9 @@ class SelfAttention(nn.Module):
         p = self.attn_dropout if self.training else 0.0
         if p == 0.0 and x.device.type == "cpu" and ops.compiled("cpu"):
             # The fused kernel with one source and weight 1 is plain masked attention, and on
-            # CPU it beats SDPA's flash path at these shapes (forward + backward, 2 threads:
-            # 1.2x at L 925 / head dim 16, 1.3x at L 232, 1.5x at L 50). On CUDA SDPA stays:
-            # it is faster at long sequences there.
+            # CPU it beats SDPA's flash path at these shapes (forward + backward, 2 threads,
+            # padded lengths: 1.6x at L 925 / head dim 16, 1.5x at L 232, 1.7x at L 50). On
+            # CUDA SDPA stays: it is faster at long sequences there.
             kpm = None if pad is None else pad[:, None, :]
             y = ops.ratio_cross_attention(q[:, None], k[:, None], v[:, None], x.new_ones(b, 1), kpm)[:, 0]
         else:

@@ -78,7 +78,7 @@ def compiled(device_type: str) -> bool:
 
 def _kernel_takes(q, k, v, weight, key_padding_mask) -> Optional[str]:
     """None if the compiled op can run these inputs, else the reason it cannot."""
-    if _BACKEND.get(q.device.type, "reference") == "reference":
+    if not compiled(q.device.type):
         return f"no compiled kuda_mmsa kernel for device '{q.device.type}' (backend(): {_BACKEND})"
     if q.dim() != 5:
         return "q must be 5-d"

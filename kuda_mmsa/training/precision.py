@@ -2,8 +2,8 @@
 
 ``auto`` chooses bfloat16 autocast only where the hardware computes it natively: a CUDA GPU
 that supports bf16, or a CPU with AVX512-BF16 or AMX-BF16 (read from /proc/cpuinfo at run
-time) on which torch runs its AVX512 kernels (not capped by ATEN_CPU_CAPABILITY). Elsewhere bf16 is emulated (about 10x slower than fp32 on an AVX2-only CPU), so auto
-means fp32 there. The decision is a pure function of the detected capabilities
+time) on which torch runs its AVX512 kernels (not capped by ATEN_CPU_CAPABILITY). Elsewhere
+bf16 is emulated (about 10x slower than fp32 on an AVX2-only CPU), so auto means fp32 there. The decision is a pure function of the detected capabilities
 (``choose``), and the run logs what was chosen and why.
 """
 from __future__ import annotations
