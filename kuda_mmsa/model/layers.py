@@ -50,6 +50,12 @@ class Dropout(nn.Dropout):
         return _MaskDropout.apply(x, threshold)
 
 
+def capturing() -> bool:
+    """True while a CUDA graph is being captured on the current stream: nothing may then read
+    a GPU value on the host (``int(t)``, ``.item()``, data-dependent shapes)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def use_mask_dropout(module: nn.Module) -> nn.Module:
     """Swap every plain nn.Dropout inside ``module`` (a Hugging Face text encoder) for Dropout."""
     for parent in module.modules():
