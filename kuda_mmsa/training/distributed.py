@@ -263,15 +263,16 @@ def _empty_predictions() -> Predictions:
     return Predictions(torch.zeros(0, 1), torch.zeros(0, 1), torch.zeros(0, 3), torch.zeros(0, 3), [])
 
 
-def predict_split(ctx: DistContext, model, loader, device, precision: str = "fp32") -> Predictions:
+def predict_split(ctx: DistContext, model, loader, device, precision: str = "fp32", forward=None) -> Predictions:
     """``predict`` over the whole split: in a data-parallel run each rank predicts its share
-    and the shares are gathered in the split's order (every sample once)."""
+    and the shares are gathered in the split's order (every sample once). ``forward``: as
+    predict's."""
     model = unwrap(model)
     sampler = getattr(loader, "batch_sampler", None)
     if not (ctx.distributed and isinstance(sampler, ShardedBatchSampler)):
-        return predict(model, loader, device, precision)
+        return predict(model, loader, device, precision, forward=forward)
     positions = sampler.local_positions()
-    local = predict(model, loader, device, precision) if positions else _empty_predictions()
+    local = predict(model, loader, device, precision, forward=forward) if positions else _empty_predictions()
     shares = ctx.all_gather((positions, local.pred, local.labels, local.unimodal, local.ratio, local.ids))
     n = sampler.n
     order: List[Optional[Tuple[int, int]]] = [None] * n

@@ -14,6 +14,7 @@ checkpoint is already there for the same data and settings is not trained again.
 """
 import json
 import logging
+import math
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +36,8 @@ from ..model.encoders import check_tokenization, load_tokenizer
 from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin, data_content,
                           cpu_state_dict, describe_differences, knowledge_paths, plain, read_checkpoint,
                           read_knowledge, read_resume, save_knowledge)
-from .optim import make_adamw
+from .optim import load_optimizer_state, make_adamw
+from .step import TrainStep, graphs_wanted
 
 logger = logging.getLogger("MMSA")
 MODALITY_STREAM = {"T": 0, "V": 1, "A": 2}
@@ -56,6 +58,7 @@ class Stage1Job:
     progress: bool = True
     masked: bool = True                 # False with the authors' padding (reference mode): means over padding
     data_name: str = ""                 # the feature file's name: other files get their own knowledge
+    cuda_graphs: str = "auto"           # how the steps run (training.step), not what they compute
 
     def settings(self, modality: Optional[str] = None) -> dict:
         """What defines the knowledge (all modalities, or one modality's training): compared
@@ -86,7 +89,8 @@ def job_from_args(args: Mapping[str, Any], device=None, num_workers: int = 0,
         device=device or args.get("device") or "cpu", seed=int(args["pretrain"].get("seed", 1111)),
         num_workers=int(num_workers or 0), progress=bool(args.get("progress", True)),
         masked=not model.authors("padding"),
-        data_name=Path(str(args.get("custom_feature") or args.get("featurePath") or "")).name)
+        data_name=Path(str(args.get("custom_feature") or args.get("featurePath") or "")).name,
+        cuda_graphs=args["cuda_graphs"])
     job.paths = knowledge_paths(args.get("knowledge_dir"), dataset, args.get("pretrained"), job.settings())
     job.command = command or pretrain_command(args)
     return job
@@ -105,17 +109,19 @@ def pretrain_command(args: Mapping[str, Any]) -> str:
 
 
 def branch_inputs(batch: Mapping[str, Any], modality: str, device) -> tuple:
+    """The branch's inputs from an MMSA batch (moved to ``device`` unless it is None)."""
+    move = (lambda t: t) if device is None else (lambda t: t.to(device))
     if modality == "T":
-        return (batch["text"].to(device),)
+        return (move(batch["text"]),)
     key = "vision" if modality == "V" else "audio"
     lengths = batch.get(f"{key}_lengths")
-    return batch[key].to(device), None if lengths is None else torch.as_tensor(lengths).to(device)
+    return move(batch[key]), None if lengths is None else move(torch.as_tensor(lengths))
 
 
 def unimodal_target(batch: Mapping[str, Any], modality: str, device) -> torch.Tensor:
     labels = batch["labels"]
     y = labels[modality] if modality in labels else labels["M"]
-    return y.to(device).view(-1, 1)
+    return (y if device is None else y.to(device)).view(-1, 1)
 
 
 @contextmanager
@@ -162,13 +168,15 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
     loaders = make_loaders(datasets, int(job.pretrain["batch_size"]), job.seed, job.num_workers,
                            stream=MODALITY_STREAM[modality] + 1)
     branch = build_branch(job.model, modality).to(device)
-    opt = make_adamw(branch.parameters(), lr=float(job.pretrain["learning_rate"]),
-                     weight_decay=float(job.pretrain["weight_decay"]))
+    graphs, _ = graphs_wanted(job.cuda_graphs, device)
+    params = list(branch.parameters())
+    opt = make_adamw(params, lr=float(job.pretrain["learning_rate"]),
+                     weight_decay=float(job.pretrain["weight_decay"]), capturable=graphs)
     early_stop = int(job.pretrain.get("early_stop", epochs))
     start, best, best_epoch, best_state = 0, float("inf"), 0, None
     if state is not None:
         branch.load_state_dict(state["branch"])
-        opt.load_state_dict(state["optimizer"])
+        load_optimizer_state(opt, state["optimizer"])
         start, best, best_epoch = int(state["epoch"]), float(state["best"]), int(state["best_epoch"])
         best_state = state["best_state"] or None
         torch.set_rng_state(state["rng"])
@@ -176,28 +184,41 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
         logger.info(f"Stage 1 [{name}]: resuming after epoch {start} from {partial}")
 
     mse = nn.MSELoss()
+
+    def step_inputs(batch) -> dict:
+        x = dict(zip(("features", "lengths"), branch_inputs(batch, modality, None)))
+        return {**{k: v for k, v in x.items() if v is not None}, "y": unimodal_target(batch, modality, None)}
+
+    def forward_loss(x):
+        args = (x["features"],) if modality == "T" else (x["features"], x.get("lengths"))
+        _, score, _ = branch(*args, masked=job.masked)
+        loss = mse(score, x["y"])
+        return loss, {"loss": loss.detach()}
+
+    blockers = [f"gradient_checkpointing: {job.model.gradient_checkpointing} restores the random state on the host"] \
+        if job.model.gradient_checkpointing in ("sequences", "all") else []
+    check = (lambda features, **_: branch.check_text(features)) if modality == "T" else None
+    train_step = TrainStep(forward_loss, params, opt, 0.0, device, graphs=graphs, blockers=blockers,
+                           check=check, what=f"The stage-1 {name} step")
     stopped = start > 0 and start - best_epoch >= early_stop
     for epoch in range(start + 1, epochs + 1):
         if stopped:
             break
         branch.train()
-        running, seen = 0.0, 0
+        running, seen = torch.zeros((), device=device), 0
         bar = tqdm(loaders["train"], desc=f"stage 1 {name} {epoch}/{epochs}", disable=not job.progress, leave=False)
-        for batch in bar:
-            opt.zero_grad(set_to_none=True)  # before the forward: see the trainer
-            _, score, _ = branch(*branch_inputs(batch, modality, device), masked=job.masked)
-            y = unimodal_target(batch, modality, device)
-            loss = mse(score, y)
-            if not torch.isfinite(loss):
-                raise KudaTrainingError(
-                    f"Stage 1 [{name}] diverged: the loss is {loss.item()} in epoch {epoch}. The last "
-                    f"finished epoch is saved in {partial}; lower pretrain.learning_rate and delete that "
-                    f"file to start again.")
-            loss.backward()
-            opt.step()
-            running += loss.item() * y.shape[0]
-            seen += y.shape[0]
-            bar.set_postfix(mse=f"{running / seen:.4f}")
+        for i, batch in enumerate(bar):
+            x = step_inputs(batch)
+            running += train_step(x)["loss"] * x["y"].shape[0]       # on the device: no sync per step
+            seen += x["y"].shape[0]
+            if job.progress and i % 10 == 0:
+                bar.set_postfix(mse=f"{running.item() / seen:.4f}")
+        running = running.item()
+        if not math.isfinite(running):
+            raise KudaTrainingError(
+                f"Stage 1 [{name}] diverged: the training loss became non-finite ({running}) in epoch {epoch}. "
+                f"The last finished epoch is saved in {partial}; lower pretrain.learning_rate and delete that "
+                f"file to start again.")
         valid = _evaluate(branch, loaders["valid"], modality, device, job.masked)
         if valid < best - 1e-6:
             best, best_epoch, best_state = valid, epoch, cpu_state_dict(branch)
