@@ -276,6 +276,38 @@ def test_fully_masked_gives_zeros_not_nan():
         assert torch.isfinite(t.grad).all() and (t.grad == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sdpa_route_matches_reference_and_zeroes_dead_rows(dtype):
+    """attention_by_sdpa, what long key sequences on CUDA run: the reference's values and
+    gradients, and a (b, m) with every key padded gives exact zeros and zero gradients."""
+    q, k, v, w, mask = make_inputs(3, 3, 2, 9, 70, 16, torch.float32, "cpu", True, seed=21)
+    mask[1, 2] = True
+    q, k, v, w = (t.to(dtype) for t in (q, k, v, w))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    out = ops.attention_by_sdpa(*leaves, mask, 0.25)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    out.backward(gout)
+    rleaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    ref = reference(*rleaves, mask, 0.25)
+    ref.backward(gout)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert out.dtype == dtype and nerr(out, ref) < tol
+    for a, b in zip(leaves, rleaves):
+        assert nerr(a.grad, b.grad) < 10 * tol
+    assert (out.detach()[1, 2] == 0).all() and (leaves[0].grad[1, 2] == 0).all()
+    assert leaves[3].grad[1, 2] == 0 and (leaves[1].grad[1, 2] == 0).all()
+
+
+def test_route_takes_sdpa_only_for_long_cuda_keys():
+    q, k, v, w, _ = make_inputs(1, 1, 1, 4, ops.CUDA_KERNEL_MAX_KEYS + 1, 16, torch.float32, "cpu", False)
+    assert ops.route(q, k, v, w) in ("kernel", "reference")        # CPU: never SDPA
+    if HAS_CUDA:
+        qc, kc, vc, wc = (t.cuda() for t in (q, k, v, w))
+        assert ops.route(qc, kc, vc, wc) == "sdpa"
+        short = kc[:, :, :, :ops.CUDA_KERNEL_MAX_KEYS]
+        assert ops.route(qc, short, short, wc) == ("kernel" if _op_loaded("CUDA") else "reference")
+
+
 @needs_cpu_op
 def test_opcheck_cpu():
     q, k, v, w, mask = make_inputs(2, 2, 2, 9, 11, 16, torch.float32, "cpu", True)
@@ -690,6 +722,29 @@ def test_cuda_tc_and_simt_share_saved_state(monkeypatch):
         grads = bwd(gout, q, k, v, w, mask, o_unw, lse, 0.125)
         for a, b in zip(grads, rleaves):
             assert nerr(a, b.grad) < TOL_TC[torch.float16][1]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_public_op_on_long_keys(dtype):
+    """The public op at the audio length (routed to SDPA): the reference's values and
+    gradients within the dtype's tolerance, zeros for an all-padding source."""
+    q, k, v, w, mask = make_inputs(2, 3, 2, 50, 925, 64, dtype, "cuda", True, seed=8)
+    mask[0, 1] = True
+    assert ops.route(q, k, v, w) == "sdpa"
+    tv, tg = TOL[dtype]
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, w)]
+    out = ops.ratio_cross_attention(*leaves, mask)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(device="cuda", dtype=dtype)
+    out.backward(gout)
+    rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
+    ref = reference(*rleaves, mask)
+    ref.backward(gout.float())
+    assert out.dtype == dtype and nerr(out, ref) < tv
+    for name, a, b in zip("qkvw", leaves, rleaves):
+        assert nerr(a.grad, b.grad) < tg, name
+    assert (out.detach()[0, 1] == 0).all() and (leaves[0].grad[0, 1] == 0).all()
 
 
 @pytest.mark.cuda

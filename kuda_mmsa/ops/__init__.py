@@ -29,6 +29,14 @@ the reference (or raise under ``require``). fp64 is one of them: the compiled ke
 in fp32 and refuse fp64 with a clear error, so fp64 inputs (``torch.autograd.gradcheck``)
 run the reference, which then computes in fp64, never downcasting.
 
+Long key sequences on CUDA: the fused kernels win where the keys are few (the DAF blocks
+attend over the text length, ~50 keys: 1.6x SDPA forward + backward on an H200) and lose to
+PyTorch's SDPA where they are many (925 audio steps: 0.2x in bf16). In ``auto`` mode CUDA
+inputs with more than ``CUDA_KERNEL_MAX_KEYS`` keys therefore run as SDPA over the M
+stacked sources with the weight applied afterwards (``attention_by_sdpa``), with the same
+contract (an all-padding row gives zeros and zero gradients); ``require`` always runs the
+kernel. ``route(q, k, v, weight)`` says which one a call takes.
+
 Tensor cores (opt-in): with ``KUDA_MMSA_TC=1`` (read at every call, so it can be switched at
 run time), fp16/bf16 inputs on an sm_80+ GPU run a FlashAttention-style WMMA kernel (fp32
 accumulation; softmax probabilities and their gradients rounded to the input dtype before
@@ -91,6 +99,37 @@ def _kernel_takes(q, k, v, weight, key_padding_mask) -> Optional[str]:
     return None
 
 
+# Keys above which CUDA inputs run as SDPA (auto mode): the kernels were measured faster
+# at 50 keys (DAF shapes) and slower at 500 and 925; tools/bench_kernels.py measures between.
+CUDA_KERNEL_MAX_KEYS = 64
+
+
+def route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> str:
+    """"kernel", "sdpa" or "reference": what ratio_cross_attention runs for these inputs."""
+    if q.dim() == 5 and q.device.type == "cuda" and _MODE == "auto" and k.shape[3] > CUDA_KERNEL_MAX_KEYS:
+        return "sdpa"
+    return "kernel" if _kernel_takes(q, k, v, weight, None) is None else "reference"
+
+
+def attention_by_sdpa(q, k, v, weight, key_padding_mask=None, scale=None) -> torch.Tensor:
+    """ratio_cross_attention computed by scaled_dot_product_attention over the B*M stacked
+    sources, then the weight. A (b, m) whose keys are all padding gets one key unmasked (so
+    SDPA is defined) and weight 0, hence zeros and zero gradients, as the kernels give."""
+    b, m, h, lq, d = q.shape
+    lk = k.shape[3]
+    attn_mask = None
+    if key_padding_mask is not None:
+        pad = key_padding_mask.to(torch.bool)
+        dead = pad.all(-1)                                                  # [B, M]
+        first = torch.arange(lk, device=pad.device) == 0
+        attn_mask = (~pad | (dead[..., None] & first)).reshape(b * m, 1, 1, lk)
+        weight = weight.masked_fill(dead, 0.0)
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q.reshape(b * m, h, lq, d), k.reshape(b * m, h, lk, d), v.reshape(b * m, h, lk, d),
+        attn_mask=attn_mask, scale=scale)
+    return (o.view(b, m, h, lq, d) * weight.to(o.dtype)[:, :, None, None, None]).to(q.dtype)
+
+
 def ratio_cross_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -102,6 +141,8 @@ def ratio_cross_attention(
     """Fused ratio-weighted cross-attention over M stacked sources (see module docstring)."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
+    if route(q, k, v, weight) == "sdpa":
+        return attention_by_sdpa(q, k, v, weight, key_padding_mask, scale)
     why_not = _kernel_takes(q, k, v, weight, key_padding_mask)
     if why_not is None:
         if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
@@ -114,4 +155,5 @@ def ratio_cross_attention(
     return ratio_cross_attention_reference(q, k, v, weight, key_padding_mask, scale)
 
 
-__all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "backend", "compiled", "tensor_cores_requested"]
+__all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "attention_by_sdpa", "route", "backend",
+           "compiled", "tensor_cores_requested", "CUDA_KERNEL_MAX_KEYS"]
