@@ -242,7 +242,8 @@ def run_ours(opts, variant):
 
     res.update({"variant": variant, "precision": precision, "precision_reason": why,
                 "gradient_checkpointing": cfg.gradient_checkpointing, "kernels": backend(),
-                "cuda_graphs": cuda_graphs, "captured": train_step.captured, "eval_captured": evaluate.captured})
+                "cuda_graphs": cuda_graphs, "captured": train_step.captured, "eval_captured": evaluate.captured,
+                "capture_failure": train_step.capture_failure or evaluate.capture_failure})
     return finish(res, opts, device)
 
 

@@ -79,6 +79,7 @@ class _GraphRunner:
         self.enabled = bool(enabled) and self.device.type == "cuda" and not blockers
         self.disabled_because: Optional[str] = "; ".join(blockers) if enabled and blockers else None
         self._announced = False
+        self.failure: Optional[str] = None       # why capture failed, if it did
         self._captured: Optional[_Captured] = None
         self._signature: Optional[tuple] = None
         self._seen = 0
@@ -142,6 +143,7 @@ class _GraphRunner:
             self._captured = None
             torch.cuda.synchronize(self.device)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            self.failure = f"{type(exc).__name__}: {first[:300]}"
             self._say(f"{self.what}: CUDA graph capture failed ({type(exc).__name__}: {first[:200]}); "
                       "this run continues eagerly.", warn=True)
             return eager(inputs)
@@ -175,6 +177,10 @@ class TrainStep:
     @property
     def captured(self) -> bool:
         return self._runner.captured
+
+    @property
+    def capture_failure(self) -> Optional[str]:
+        return self._runner.failure
 
     def _to_device(self, inputs: Inputs) -> Dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
@@ -214,6 +220,10 @@ class EvalForward:
     @property
     def captured(self) -> bool:
         return self._runner.captured
+
+    @property
+    def capture_failure(self) -> Optional[str]:
+        return self._runner.failure
 
     def _body(self, inputs: Inputs) -> Report:
         with torch.no_grad():
