@@ -136,7 +136,7 @@ for name in ("bench_train", "bench_train_b16", "bench_train_b64"):
     rows = (summary.get(name) or {}).get("rows") or []
     short[name] = [{k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k))
                     for k in ("variant", "step_s", "peak_gpu_gib", "peak_gpu_reserved_gib", "eval_samples_per_s",
-                              "captured", "error") if r.get(k) is not None}
+                              "captured", "capture_failure", "error") if r.get(k) is not None}
                    | {"busy": (r.get("profile") or {}).get("gpu_busy_share"),
                       "launches": (r.get("profile") or {}).get("launches_per_step"),
                       "kernels": (r.get("profile") or {}).get("kernels_per_step")} for r in rows]
