@@ -166,7 +166,7 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
 
     _seed_all(job.seed + MODALITY_STREAM[modality])
     loaders = make_loaders(datasets, int(job.pretrain["batch_size"]), job.seed, job.num_workers,
-                           stream=MODALITY_STREAM[modality] + 1)
+                           stream=MODALITY_STREAM[modality] + 1, pin_memory=torch.device(job.device).type == "cuda")
     branch = build_branch(job.model, modality).to(device)
     graphs, _ = graphs_wanted(job.cuda_graphs, device)
     params = list(branch.parameters())
