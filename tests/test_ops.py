@@ -10,6 +10,12 @@ probabilities and their gradients to the input dtype before the tensor-core prod
 FlashAttention does), so it gets its own tolerances (TOL_TC):
     fp16: values 3e-3, gradients 1e-2
     bf16: values 1.5e-2, gradients 4e-2
+bf16 has an 8-bit significand: PyTorch's own bf16 computation of the same formula (the
+matmuls, the softmax and its gradient each rounded to bf16, as the tensor-core kernels round
+P and dS) can itself miss the fp32 reference by more than these bounds, e.g. 0.0625 on dq
+when many equal scores make the softmax gradient a near-cancelling sum. So for bf16 a
+kernel may also err up to twice PyTorch's own bf16 error on the same inputs (the rule of
+FlashAttention's tests); fp32 and fp16 keep the fixed bounds above.
 Every CUDA test picks the tolerances of the path that runs, so tools/gpu_check.sh runs this
 file once as is and once with KUDA_MMSA_TC=1; the tests named *_tc_* switch it on themselves.
 The CPU grid is a sampled subset (runs in seconds); the CUDA grid is larger and is
@@ -106,6 +112,30 @@ def _misaligned(t):
     return out
 
 
+def same_dtype_reference(q, k, v, w, mask, scale):
+    """The reference formula computed by PyTorch in the inputs' own dtype (no upcast)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if mask is not None:
+        pad = mask[:, :, None, None, :]
+        dead = pad.all(-1, keepdim=True)
+        probs = torch.softmax(scores.masked_fill(pad & ~dead, float("-inf")), -1).masked_fill(dead, 0.0)
+    else:
+        probs = torch.softmax(scores, -1)
+    return torch.matmul(probs, v) * w.to(q.dtype)[:, :, None, None, None]
+
+
+def bounds(dtype, device, inputs, mask, scale, gout, ref, ref_grads):
+    """(value bound, [q, k, v, weight gradient bounds]): the fixed tolerances, and for bf16
+    at least twice PyTorch's own bf16 error (module docstring)."""
+    tv, tg = tolerances(dtype, device)
+    if dtype != torch.bfloat16:
+        return tv, [tg] * 4
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = same_dtype_reference(*leaves, mask, scale)
+    out.backward(gout)
+    return max(tv, 2 * nerr(out.detach(), ref)), [max(tg, 2 * nerr(a.grad, b)) for a, b in zip(leaves, ref_grads)]
+
+
 def check_against_reference(B, M, H, Lq, Lk, d, dtype, device, masked, seed=0, scale=None, misaligned=False):
     q, k, v, w, mask = make_inputs(B, M, H, Lq, Lk, d, dtype, device, masked, seed)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -124,10 +154,11 @@ def check_against_reference(B, M, H, Lq, Lk, d, dtype, device, masked, seed=0, s
     rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
     ref = reference(*rleaves, mask, scale)
     ref.backward(gout.float())
+    tv, tgs = bounds(dtype, device, (q, k, v, w), mask, scale, gout, ref.detach(), [t.grad for t in rleaves])
     assert nerr(out, ref) < tv, f"values: {nerr(out, ref):.3e}"
-    for name, a, b in zip("qkvw", leaves, rleaves):
+    for name, a, b, tg in zip("qkvw", leaves, rleaves, tgs):
         e = nerr(a.grad, b.grad)
-        assert e < tg, f"grad {name}: {e:.3e}"
+        assert e < tg, f"grad {name}: {e:.3e} (bound {tg:.3e})"
     if mask is not None:  # rows of a fully padded (b, m): exact zeros, zero gradients
         dead = mask.all(-1)
         if dead.any():
@@ -189,10 +220,13 @@ def check_masked_keys_far_above_valid(device, dtype=torch.float32):
     rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
     ref = reference(*rleaves, mask, 3.0)
     ref.backward(gout.float())
-    tv, tg = (1e-5, 1e-4) if dtype == torch.float32 else tolerances(dtype, device)
+    if dtype == torch.float32:
+        tv, tgs = 1e-5, [1e-4] * 4
+    else:
+        tv, tgs = bounds(dtype, device, (q, k, v, w), mask, 3.0, gout, ref.detach(), [t.grad for t in rleaves])
     assert nerr(out, ref) < tv
-    for a, b in zip(leaves, rleaves):
-        assert nerr(a.grad, b.grad) < tg
+    for name, a, b, tg in zip("qkvw", leaves, rleaves, tgs):
+        assert nerr(a.grad, b.grad) < tg, f"grad {name}: {nerr(a.grad, b.grad):.3e} (bound {tg:.3e})"
 
 
 @needs_cpu_op
@@ -299,13 +333,17 @@ def test_sdpa_route_matches_reference_and_zeroes_dead_rows(dtype):
 
 
 def test_route_takes_sdpa_only_for_long_cuda_keys():
-    q, k, v, w, _ = make_inputs(1, 1, 1, 4, ops.CUDA_KERNEL_MAX_KEYS + 1, 16, torch.float32, "cpu", False)
+    q, k, v, w, _ = make_inputs(1, 1, 1, 4, ops.CUDA_KERNEL_MAX_KEYS + 1, 32, torch.float32, "cpu", False)
     assert ops.route(q, k, v, w) in ("kernel", "reference")        # CPU: never SDPA
     if HAS_CUDA:
+        kernel = "kernel" if _op_loaded("CUDA") else "reference"
         qc, kc, vc, wc = (t.cuda() for t in (q, k, v, w))
         assert ops.route(qc, kc, vc, wc) == "sdpa"
         short = kc[:, :, :, :ops.CUDA_KERNEL_MAX_KEYS]
-        assert ops.route(qc, short, short, wc) == ("kernel" if _op_loaded("CUDA") else "reference")
+        assert ops.route(qc, short, short, wc) == kernel
+        d16 = [t[..., :ops.CUDA_KERNEL_FP32_MAX_HEAD_DIM] for t in (qc, kc, vc)]
+        assert ops.route(*d16, wc) == kernel                       # fp32 at head dim 16: the kernel
+        assert ops.route(*(t.bfloat16() for t in d16), wc) == "sdpa"
 
 
 @needs_cpu_op

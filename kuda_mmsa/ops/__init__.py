@@ -32,7 +32,8 @@ run the reference, which then computes in fp64, never downcasting.
 Long key sequences on CUDA: the fused kernels win where the keys are few (the DAF blocks
 attend over the text length, ~50 keys: 1.6x SDPA forward + backward on an H200) and lose to
 PyTorch's SDPA where they are many (925 audio steps: 0.2x in bf16). In ``auto`` mode CUDA
-inputs with more than ``CUDA_KERNEL_MAX_KEYS`` keys therefore run as SDPA over the M
+inputs with more than ``CUDA_KERNEL_MAX_KEYS`` keys (but fp32 with head dim <= 16, where the
+kernel stays 1.6x faster) therefore run as SDPA over the M
 stacked sources with the weight applied afterwards (``attention_by_sdpa``), with the same
 contract (an all-padding row gives zeros and zero gradients); ``require`` always runs the
 kernel. ``route(q, k, v, weight)`` says which one a call takes.
@@ -99,31 +100,34 @@ def _kernel_takes(q, k, v, weight, key_padding_mask) -> Optional[str]:
     return None
 
 
-# Keys above which CUDA inputs run as SDPA (auto mode): the kernels were measured faster
-# at 50 keys (DAF shapes) and slower at 500 and 925; tools/bench_kernels.py measures between.
+# Keys above which CUDA inputs run as SDPA (auto mode). Measured on an H200 (forward +
+# backward, tools/bench_kernels.py): the kernels win at 50 keys (1.1-1.7x SDPA), are even at
+# 128 and lose from 232 keys on (0.2x at 500 in bf16), except fp32 at head dim 16, where
+# SDPA has no fast kernel and ours is 1.6x it at 925 keys.
 CUDA_KERNEL_MAX_KEYS = 64
+CUDA_KERNEL_FP32_MAX_HEAD_DIM = 16
 
 
 def route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> str:
     """"kernel", "sdpa" or "reference": what ratio_cross_attention runs for these inputs."""
-    if q.dim() == 5 and q.device.type == "cuda" and _MODE == "auto" and k.shape[3] > CUDA_KERNEL_MAX_KEYS:
+    if (q.dim() == 5 and q.device.type == "cuda" and _MODE == "auto" and k.shape[3] > CUDA_KERNEL_MAX_KEYS
+            and not (q.dtype == torch.float32 and q.shape[-1] <= CUDA_KERNEL_FP32_MAX_HEAD_DIM)):
         return "sdpa"
     return "kernel" if _kernel_takes(q, k, v, weight, None) is None else "reference"
 
 
 def attention_by_sdpa(q, k, v, weight, key_padding_mask=None, scale=None) -> torch.Tensor:
     """ratio_cross_attention computed by scaled_dot_product_attention over the B*M stacked
-    sources, then the weight. A (b, m) whose keys are all padding gets one key unmasked (so
-    SDPA is defined) and weight 0, hence zeros and zero gradients, as the kernels give."""
+    sources, then the weight. A (b, m) whose keys are all padding attends to all of them (so
+    SDPA is defined) with weight 0, hence zeros and zero gradients, as the kernels give."""
     b, m, h, lq, d = q.shape
     lk = k.shape[3]
     attn_mask = None
     if key_padding_mask is not None:
-        pad = key_padding_mask.to(torch.bool)
-        dead = pad.all(-1)                                                  # [B, M]
-        first = torch.arange(lk, device=pad.device) == 0
-        attn_mask = (~pad | (dead[..., None] & first)).reshape(b * m, 1, 1, lk)
-        weight = weight.masked_fill(dead, 0.0)
+        keep = key_padding_mask.logical_not()                                # [B, M, Lk]
+        alive = keep.any(-1, keepdim=True)                                   # [B, M, 1]
+        attn_mask = (keep | ~alive).view(b * m, 1, 1, lk)   # a dead (b, m) attends to all keys ...
+        weight = weight * alive[..., 0]                     # ... and weighs 0
     o = torch.nn.functional.scaled_dot_product_attention(
         q.reshape(b * m, h, lq, d), k.reshape(b * m, h, lk, d), v.reshape(b * m, h, lk, d),
         attn_mask=attn_mask, scale=scale)
@@ -156,4 +160,4 @@ def ratio_cross_attention(
 
 
 __all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "attention_by_sdpa", "route", "backend",
-           "compiled", "tensor_cores_requested", "CUDA_KERNEL_MAX_KEYS"]
+           "compiled", "tensor_cores_requested", "CUDA_KERNEL_MAX_KEYS", "CUDA_KERNEL_FP32_MAX_HEAD_DIM"]
