@@ -99,10 +99,14 @@ def timed(step, opts, device, eval_step=None):
         sync()
         res["eval_samples_per_s"] = opts.batch_size * opts.eval_steps / (time.perf_counter() - t0)
     if device.type == "cuda" and opts.profile_steps > 0:
-        try:
-            res["profile"] = gpu_profile(step, opts.profile_steps, res["step_s"])
-        except Exception as e:  # the profile is extra: never lose the timing for it
-            res["profile"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        runs = [("profile", step, res["step_s"])]
+        if res.get("eval_samples_per_s"):
+            runs.append(("eval_profile", eval_step, opts.batch_size / res["eval_samples_per_s"]))
+        for key, fn, seconds in runs:
+            try:
+                res[key] = gpu_profile(fn, opts.profile_steps, seconds)
+            except Exception as e:  # the profile is extra: never lose the timing for it
+                res[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
     return res
 
 
@@ -208,8 +212,10 @@ def run_ours(opts, variant):
     graphs, _ = graphs_wanted(cuda_graphs, device)
     opt = make_adamw(params, lr=lr, weight_decay=wd, capturable=graphs)
     sched = make_schedule(opt, 10_000, 0.1)
-    # the batch arrives on the host, as from MMSA's DataLoader; the step moves it
+    # the batch arrives on the host, as from the trainer's DataLoader (page-locked on a GPU run)
     x = make_batch(opts, torch.device("cpu"))
+    if device.type == "cuda":
+        x = {k: t.pin_memory() for k, t in x.items()}
     inputs = {k: x[k] for k in ("text", "audio", "vision", "audio_lengths", "vision_lengths")}
 
     def forward_loss(b):  # the trainer's forward and loss (KuDATrainer._forward_loss)
@@ -226,14 +232,16 @@ def run_ours(opts, variant):
     evaluate = eval_forward(model, device, precision, graphs)
     model.train()
 
-    def step():  # the trainer's loop body
+    def step():  # the trainer's loop body (the trainer sets the mode once per epoch)
+        if not model.training:
+            model.train()
         train_step({**inputs, "labels": x["labels"]})
         sched.step()
 
-    def eval_step():
-        model.eval()
+    def eval_step():  # predict()'s loop body (the mode is set once per split)
+        if model.training:
+            model.eval()
         evaluate(inputs)["M"].cpu()
-        model.train()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

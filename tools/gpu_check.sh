@@ -4,10 +4,11 @@
 # what is left, and a phase with no time left is skipped and says so. Phases, most important
 # first (issue 17's list):
 #   1. build the extension in place (CUDA arch $TORCH_CUDA_ARCH_LIST, default 9.0);
-#   2. step benchmark at batch $BATCH (32): ours (CUDA-graph step, the default), ours-eager
-#      (cuda_graphs: off) and the authors' code when $KUDA_AUTHORS_REPO names a local copy of
+#   2. step benchmark at batch $BATCH (32): $VARIANTS (default: ours, the CUDA-graph step, and
+#      ours-eager, cuda_graphs: off) and the authors' code when $KUDA_AUTHORS_REPO names a local copy of
 #      their repository (else the materialising baseline), one interleaved round, with eval
-#      samples/s and a kernel profile (GPU-busy share, launches and kernels per step, top kernels);
+#      samples/s and kernel profiles of a step and of an evaluation batch (GPU-busy share,
+#      launches and kernels per step, top kernels);
 #   3. CUDA tests with the default kernels: tests/test_ops.py, test_model_cuda.py, test_step.py
 #      (-m cuda; the CPU tests run in CI; the torch.compile tests are left to COMPILE_TESTS=1);
 #   4. op benchmark (tools/bench_kernels.py --device cuda: op, kernel, tensor cores, SDPA);
@@ -66,7 +67,7 @@ else BASE="--baseline materialising"; echo "KUDA_AUTHORS_REPO not set: the basel
 if [ "$BUILD" = ok ]; then
   if [ "${BENCH:-1}" != 0 ]; then
     # ---------------------------------------------------------- 2. step benchmark, batch 32
-    within ${STEP_TIMEOUT:-200} $PY $STEP -b ${BATCH:-32} --variants ours ours-eager $BASE --rounds 1 \
+    within ${STEP_TIMEOUT:-200} $PY $STEP -b ${BATCH:-32} --variants ${VARIANTS:-ours ours-eager} $BASE --rounds 1 \
       --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.log"
     echo "bench_train exit ${PIPESTATUS[0]} at $(elapsed) s"
   fi
@@ -137,7 +138,9 @@ for name in ("bench_train", "bench_train_b16", "bench_train_b64"):
     short[name] = [{k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k))
                     for k in ("variant", "step_s", "peak_gpu_gib", "peak_gpu_reserved_gib", "eval_samples_per_s",
                               "captured", "capture_failure", "error") if r.get(k) is not None}
-                   | {"busy": (r.get("profile") or {}).get("gpu_busy_share"),
+                   | {"eval_busy": (r.get("eval_profile") or {}).get("gpu_busy_share"),
+                      "eval_gpu_ms": (r.get("eval_profile") or {}).get("gpu_busy_ms_per_step"),
+                      "busy": (r.get("profile") or {}).get("gpu_busy_share"),
                       "launches": (r.get("profile") or {}).get("launches_per_step"),
                       "kernels": (r.get("profile") or {}).get("kernels_per_step")} for r in rows]
     short[name + "_ratios"] = (summary.get(name) or {}).get("summary")
