@@ -332,18 +332,20 @@ def test_sdpa_route_matches_reference_and_zeroes_dead_rows(dtype):
     assert leaves[3].grad[1, 2] == 0 and (leaves[1].grad[1, 2] == 0).all()
 
 
-def test_route_takes_sdpa_only_for_long_cuda_keys():
+def test_route_takes_the_kernel_on_cuda_only_where_it_was_measured_faster():
     q, k, v, w, _ = make_inputs(1, 1, 1, 4, ops.CUDA_KERNEL_MAX_KEYS + 1, 32, torch.float32, "cpu", False)
     assert ops.route(q, k, v, w) in ("kernel", "reference")        # CPU: never SDPA
     if HAS_CUDA:
         kernel = "kernel" if _op_loaded("CUDA") else "reference"
         qc, kc, vc, wc = (t.cuda() for t in (q, k, v, w))
-        assert ops.route(qc, kc, vc, wc) == "sdpa"
+        assert ops.route(qc, kc, vc, wc) == "sdpa"                 # fp32, many keys
         short = kc[:, :, :, :ops.CUDA_KERNEL_MAX_KEYS]
-        assert ops.route(qc, short, short, wc) == kernel
+        assert ops.route(qc, short, short, wc) == kernel           # fp32, few keys
         d16 = [t[..., :ops.CUDA_KERNEL_FP32_MAX_HEAD_DIM] for t in (qc, kc, vc)]
-        assert ops.route(*d16, wc) == kernel                       # fp32 at head dim 16: the kernel
-        assert ops.route(*(t.bfloat16() for t in d16), wc) == "sdpa"
+        assert ops.route(*d16, wc) == kernel                       # fp32 at head dim 16
+        for half in (torch.bfloat16, torch.float16):               # fp16/bf16: always SDPA
+            assert ops.route(*(t.to(half) for t in d16), wc) == "sdpa"
+            assert ops.route(qc.to(half), short.to(half), short.to(half), wc) == "sdpa"
 
 
 @needs_cpu_op
@@ -568,9 +570,20 @@ CUDA_GRID = CUDA_GRID[:60]
 @pytest.mark.parametrize("case", CUDA_GRID, ids=lambda c: "B{}M{}H{}Lq{}Lk{}d{}{}".format(*c[:3], *c[3], c[4], "m" if c[5] else ""))
 @pytest.mark.cuda
 @needs_cuda_op
-def test_cuda_matches_reference(case, dtype):
+def test_cuda_matches_reference(case, dtype, request):
     B, M, H, (Lq, Lk), d, masked = case
+    if (case, dtype) in TC_KNOWN_INACCURATE and tc_active(dtype, "cuda"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=TC_KNOWN_INACCURATE[case, dtype]))
     check_against_reference(B, M, H, Lq, Lk, d, dtype, "cuda", masked, seed=hash(case) % 1000)
+
+
+# Known defects of the opt-in tensor-core path (KUDA_MMSA_TC=1), found on an H200. Strict:
+# the test fails as soon as the defect is fixed, so this list cannot go stale.
+TC_KNOWN_INACCURATE = {
+    ((1, 1, 8, (64, 65), 16, False), torch.bfloat16):
+        "weight gradient 0.063 from the tensor-core forward's saved output, 14x PyTorch's own bf16 error "
+        "(0.0045) on these inputs: open; the path stays opt-in and auto mode never takes it",
+}
 
 
 @pytest.mark.cuda

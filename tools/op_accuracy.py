@@ -83,7 +83,7 @@ def main():
                     continue
                 base = e if name == "pytorch" else base
                 # pytorch's own error can be 0 for a term: one rounding of the dtype is the floor
-                unit = 2.0 ** -(torch.finfo(dtype).nmant + 1)
+                unit = torch.finfo(dtype).eps / 2
                 worst = max(x / max(b, unit) for x, b in zip(e, base)) if base else None
                 rows.append({"shape": shape, "dtype": str(dtype), "path": name, "errors": e, "worst_over_pytorch": worst})
                 print(f"| {shape} | {str(dtype)[6:]} | {name} | " + " | ".join(f"{x:.2e}" for x in e)

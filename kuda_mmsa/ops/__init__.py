@@ -29,14 +29,14 @@ the reference (or raise under ``require``). fp64 is one of them: the compiled ke
 in fp32 and refuse fp64 with a clear error, so fp64 inputs (``torch.autograd.gradcheck``)
 run the reference, which then computes in fp64, never downcasting.
 
-Long key sequences on CUDA: the fused kernels win where the keys are few (the DAF blocks
-attend over the text length, ~50 keys: 1.6x SDPA forward + backward on an H200) and lose to
-PyTorch's SDPA where they are many (925 audio steps: 0.2x in bf16). In ``auto`` mode CUDA
-inputs with more than ``CUDA_KERNEL_MAX_KEYS`` keys (but fp32 with head dim <= 16, where the
-kernel stays 1.6x faster) therefore run as SDPA over the M
-stacked sources with the weight applied afterwards (``attention_by_sdpa``), with the same
-contract (an all-padding row gives zeros and zero gradients); ``require`` always runs the
-kernel. ``route(q, k, v, weight)`` says which one a call takes.
+CUDA routing: measured as GPU time on an H200, the fused CUDA kernels win in fp32 where the
+keys are few (the DAF blocks attend over the text length, ~50 keys: 1.27x SDPA forward +
+backward) or the heads narrow (head dim 16: 1.5x at 925 keys), and lose to PyTorch's SDPA
+elsewhere, in fp16/bf16 at every length. In ``auto`` mode every other CUDA call therefore
+runs as SDPA over the M stacked sources with the weight applied afterwards
+(``attention_by_sdpa``), with the same contract (an all-padding row gives zeros and zero
+gradients); ``require`` always runs the kernel. ``route(q, k, v, weight)`` says which one a
+call takes.
 
 Tensor cores (opt-in): with ``KUDA_MMSA_TC=1`` (read at every call, so it can be switched at
 run time), fp16/bf16 inputs on an sm_80+ GPU run a FlashAttention-style WMMA kernel (fp32
@@ -100,18 +100,21 @@ def _kernel_takes(q, k, v, weight, key_padding_mask) -> Optional[str]:
     return None
 
 
-# Keys above which CUDA inputs run as SDPA (auto mode). Measured on an H200 (forward +
-# backward, tools/bench_kernels.py): the kernels win at 50 keys (1.1-1.7x SDPA), are even at
-# 128 and lose from 232 keys on (0.2x at 500 in bf16), except fp32 at head dim 16, where
-# SDPA has no fast kernel and ours is 1.6x it at 925 keys.
+# CUDA routing (auto mode), from GPU time per call on an H200 (tools/bench_kernels.py, calls
+# replayed from CUDA graphs as the captured training step runs them; SDPA = cuDNN/flash or
+# memory-efficient): the kernels win in fp32 at up to 64 keys (1.24x forward, 1.27x forward +
+# backward at the DAF shape) and at head dim 16 (1.5-1.6x at 925 keys), tie in fp32 at 128
+# keys and lose from there; in fp16/bf16 SDPA's tensor-core kernels win at every length
+# (the SIMT kernel: 0.66x forward + backward at 50 keys, 0.14x at 500).
 CUDA_KERNEL_MAX_KEYS = 64
 CUDA_KERNEL_FP32_MAX_HEAD_DIM = 16
 
 
 def route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> str:
     """"kernel", "sdpa" or "reference": what ratio_cross_attention runs for these inputs."""
-    if (q.dim() == 5 and q.device.type == "cuda" and _MODE == "auto" and k.shape[3] > CUDA_KERNEL_MAX_KEYS
-            and not (q.dtype == torch.float32 and q.shape[-1] <= CUDA_KERNEL_FP32_MAX_HEAD_DIM)):
+    if q.dim() == 5 and q.device.type == "cuda" and _MODE == "auto" and not (
+            q.dtype == torch.float32
+            and (k.shape[3] <= CUDA_KERNEL_MAX_KEYS or q.shape[-1] <= CUDA_KERNEL_FP32_MAX_HEAD_DIM)):
         return "sdpa"
     return "kernel" if _kernel_takes(q, k, v, weight, None) is None else "reference"
 
