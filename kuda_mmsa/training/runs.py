@@ -144,16 +144,18 @@ class RunFiles:
         """Make MMSA's ``<model>-<dataset>.pth`` (and its .json) this run's, each in one rename."""
         pairs = [(self.weights, self.published)]
         info = weights_info_path(self.weights)
-        if info.is_file():
-            pairs.append((info, weights_info_path(self.published)))
-        else:
-            weights_info_path(self.published).unlink(missing_ok=True)   # an older run's config
-        for src, dst in pairs:
-            remove_stale_temps(dst)
-            with atomic_path(dst) as tmp:
-                os.unlink(tmp)
-                try:
-                    os.link(src, tmp)
-                except OSError:
-                    shutil.copyfile(src, tmp)
+        # runs finishing at once: the weights and .json of one run (the lock lives in runs/)
+        with file_lock(self.weights.parent / f".{self.published.name}.publish.lock"):
+            if info.is_file():
+                pairs.append((info, weights_info_path(self.published)))
+            else:
+                weights_info_path(self.published).unlink(missing_ok=True)   # an older run's config
+            for src, dst in pairs:
+                remove_stale_temps(dst)
+                with atomic_path(dst) as tmp:
+                    os.unlink(tmp)
+                    try:
+                        os.link(src, tmp)
+                    except OSError:
+                        shutil.copyfile(src, tmp)
         return self.published
