@@ -5,10 +5,15 @@ The same result CSVs (``<res>/normal/<dataset>.csv``: one row per call, each met
 (``<log>/<model>-<dataset>.log``) and weights (``<models>/<model>-<dataset>.pth``) as MMSA, and
 MMSA's own models and trainers for stock models. What it adds, before any training: the
 configuration is checked against the schema (kuda) or MMSA's keys (stock models), the output
-folders must be writable, left-over temp files of killed writes are removed, and the data
-is read and validated. During training: weights an earlier run left at the save path are
-never tested as this run's; a diverging run stops with a clear error. At the end: a plain
-results table (no ``np.float64(...)``) and the per-seed results are returned.
+folders must be writable and the results CSVs able to take the row, left-over temp files of
+killed writes are removed, and the data is read and validated. During training: each run
+writes under its own name and holds its lock (kuda_mmsa.training.runs), so runs sharing the
+folders never test each other's weights, and MMSA's weights file becomes the newest finished
+run's; weights an earlier run left at the save path are never tested as this run's; a
+diverging run stops with a clear error. Each seed's row goes to ``<dataset>-seeds.csv`` as
+it ends, and the same command run again skips the seeds that finished. At the end: MMSA's
+row, appended under the file's lock, a plain results table (no ``np.float64(...)``) and the
+per-seed results are returned.
 
 Under torchrun (WORLD_SIZE > 1) a KuDA run is data-parallel (kuda_mmsa.training.distributed):
 each process takes the GPU of its LOCAL_RANK (or the CPU), the process group starts here,
@@ -124,6 +129,7 @@ def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool =
     ``on_epoch(epoch, validation results)`` runs after every KuDA epoch (it may raise to stop).
     In a data-parallel run rank 0 reads the best weights and sends them to the others."""
     ctx = distributed.current()
+    args.setdefault("settings_keys", sorted(args))     # before any trainer adds keys of its own
     dataloader = patches.MMDataLoader(args, num_workers)
     if log_args:  # after the data is read: the shapes and file the run really uses
         logger.info(f"Running with args: {plain_args(args)}")

@@ -42,10 +42,10 @@ RESULT_FORMAT = "kuda_mmsa.run-result/1"
 # KuDA: the keys that define a result (the 'run' section only says where things are)
 RESULT_KEYS = tuple(k.name for k in KEYS if k.section in ("model", "train"))
 # args of any model that say where things are or what is shown, never what is computed
-PLACE_KEYS = {"model_save_path", "published_save_path", "device", "log_dir", "cur_seed", "seed", "custom_feature",
-              "featurePath", "feature_T", "feature_A", "feature_V", "data_root", "knowledge_dir",
-              "dataset_download", "is_tune", "rank", "progress", "plots", "data_fingerprint", "train_mode",
-              "pretrained_arg", "gpu_ids", "knowledge_source"}
+PLACE_KEYS = {"model_save_path", "published_save_path", "run_name", "settings_keys", "device", "log_dir", "cur_seed",
+              "seed", "custom_feature", "featurePath", "feature_T", "feature_A", "feature_V", "data_root",
+              "knowledge_dir", "dataset_download", "is_tune", "rank", "progress", "plots", "data_fingerprint",
+              "train_mode", "pretrained_arg", "gpu_ids", "knowledge_source"}
 
 
 def result_settings(args: Mapping[str, Any]) -> dict:
@@ -55,8 +55,9 @@ def result_settings(args: Mapping[str, Any]) -> dict:
         config = {k: args.get(k) for k in RESULT_KEYS}
         config["pretrain"] = args.get("pretrain")
         config["KeyEval"] = args.get("KeyEval")
-    else:
-        config = {k: v for k, v in args.items() if k not in PLACE_KEYS}
+    else:       # the keys the run started with: what MMSA's trainers add to args while training is not a setting
+        keys = args.get("settings_keys") or list(args)
+        config = {k: args.get(k) for k in keys if k not in PLACE_KEYS}
     return plain({"version": __version__, "model": args.get("model_name"), "dataset": args.get("dataset_name"),
                   "config": config, "data": data, "world_size": int(args.get("world_size", 1) or 1)})
 
