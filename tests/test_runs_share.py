@@ -514,3 +514,14 @@ def test_retokenize_takes_the_demo_encoder_alias_that_training_takes(tmp_path, t
     a, b = (pickle.loads((tmp_path / f"{n}.pkl").read_bytes()) for n in ("alias", "path"))
     for split in ("train", "valid", "test"):
         assert (a[split]["text_bert"] == b[split]["text_bert"]).all()
+
+
+def test_an_ablation_csv_that_cannot_take_rows_is_refused_before_any_cell_runs(tmp_path, fast_cfg, tiny_demo_pickle,
+                                                                               capsys, no_training):
+    out = tmp_path / "abl"
+    out.mkdir()
+    (out / "ablation.csv").write_text("name,score\nx,1\n")
+    rc = main(["ablate", "-d", "demo", "-s", "7", "--variants", "kuda", "--out", str(out), "-c", str(fast_cfg),
+               "--feature-file", str(tiny_demo_pickle), "-n", "0", "--no-plots", "--no-progress", "-v", "0"])
+    line = _one_paragraph(capsys.readouterr().err)
+    assert rc == 2 and str(out / "ablation.csv") in line and "['name', 'score']" in line

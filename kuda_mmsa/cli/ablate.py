@@ -7,7 +7,8 @@ Every (variant, seed) is one MMSA_run with one seed and its own model/result/log
 under ``<out>/runs/<variant>/seed<seed>/``, so the metrics are MMSA's own (MetricsTop on the
 test split at the epoch selected on the validation set), kept at full precision. Writes
 ``<out>/ablation.csv`` (one row per variant x seed, added under a lock: several ablate
-processes may share one --out) and ``<out>/ablation.md`` (mean ± std over seeds). Resumable:
+processes may share one --out; a file that could not take the rows is refused before any
+cell runs) and ``<out>/ablation.md`` (mean ± std over seeds). Resumable:
 a (variant, seed) already in ablation.csv is not run again when its settings fingerprint
 (the effective config, the feature file's content, the text encoder, the package version)
 is the one it was run with; otherwise it runs again and the reason is printed. For KuDA
@@ -36,7 +37,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import KudaInputError
-from ..files import atomic_write_text, update_csv
+from ..files import atomic_write_text, check_csv_target, update_csv
 from ..mmsa.args import RUN_KEYS, build_args, plain_args
 from ..mmsa.datasets import canonical_name
 from ..mmsa.register import register
@@ -281,6 +282,8 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "ablation.csv", out / "ablation.md"
+    check_csv_target(csv_path, "ablation CSV", "--out", lambda header: None if {"variant", "seed"} <= set(header) else
+                     f"has the columns {header}; an ablation CSV has variant, model, seed and the metrics.")
     wanted = [(name, int(seed)) for name in variants for seed in dict.fromkeys(int(s) for s in seeds)]
     finished, rerun = finished_cells(out, wanted, dataset, feature_file, config_file, config)
     done = set(finished)
