@@ -34,6 +34,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from .. import files
 from ..data.loaders import Shard, ShardedBatchSampler
 from ..errors import KudaError, KudaInputError, KudaTrainingError
 from .evaluation import Predictions, predict
@@ -312,19 +313,5 @@ def peer_failure_message(ctx: DistContext, exc: BaseException, resume: Optional[
 def file_lock(folder):
     """An exclusive lock on ``<folder>/.kuda-mmsa.lock`` between processes (parallel sweep
     cells that share one stage-1 knowledge folder); a no-op where locks are unavailable."""
-    try:
-        import fcntl
-
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        handle = open(Path(folder) / ".kuda-mmsa.lock", "a")
-    except (ImportError, OSError):
+    with files.file_lock(Path(folder) / ".kuda-mmsa.lock", required=False):
         yield
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        finally:
-            handle.close()

@@ -29,8 +29,8 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __in
                        # workers, prefetches), so results changed with -n
 
 from ..data.loaders import make_loaders
-from ..errors import KudaCheckpointError, KudaStaleStateError, KudaTrainingError
-from ..files import atomic_write_text, remove_stale_temps
+from ..errors import KudaCheckpointError, KudaInputError, KudaStaleStateError, KudaTrainingError
+from ..files import atomic_write_text, ensure_writable_dir, remove_stale_temps
 from ..model import KuDAConfig, build_branch, text_encoder_info
 from ..model.encoders import check_tokenization, load_tokenizer
 from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin, data_content,
@@ -283,6 +283,33 @@ def check_text_data(datasets: Optional[Mapping[str, Any]], pretrained: Any, wher
                               hint=hint)
 
 
+UNIMODAL_LABELS = ("regression_labels_T", "regression_labels_V", "regression_labels_A")
+
+
+def check_unimodal_labels(job: Stage1Job, datasets: Optional[Mapping[str, Any]]) -> None:
+    """Stage 1's one rule for its targets (``pretrain`` and the automatic stage 1 of ``train``
+    alike): a dataset with unimodal labels (the SIMS sets, the demo) trains each modality on its
+    own label, so every split must hold all three; none is replaced by the multimodal label
+    silently. Datasets without unimodal labels (MOSI, MOSEI) use the multimodal label, with a
+    warning."""
+    if not job.has_unimodal_labels or not datasets:
+        return
+    for split, ds in datasets.items():
+        found = getattr(ds, "unimodal_keys", None)
+        if found is None:       # a dataset object of another kind: its labels say what it has
+            found = [k for k, m in zip(UNIMODAL_LABELS, "TVA") if m in getattr(ds, "labels", {})]
+        missing = [k for k in UNIMODAL_LABELS if k not in found]
+        if missing:
+            where = getattr(ds, "source", None) or ((job.origin.get("data") or {}).get("file") or {}).get("path")
+            raise KudaInputError(
+                f"The feature file '{where}', split '{split}', lacks {', '.join(missing)}"
+                f"{' (it has ' + ', '.join(found) + ')' if found else ''}. Stage 1 trains each modality on its "
+                f"own unimodal label, which dataset '{job.origin.get('dataset')}' has (regression_labels_T/_V/_A "
+                f"in every split); a missing one is not replaced by the multimodal label. Add the missing labels, "
+                f"or take the knowledge of a dataset that has them (--knowledge-from sims2, the paper's protocol "
+                f"for data without unimodal labels).")
+
+
 def pretrain_unimodal(job: Stage1Job, datasets: Mapping[str, Any], modalities: Iterable[str] = ("T", "V", "A"),
                       overwrite: bool = False) -> Dict[str, Path]:
     """Train and save the knowledge checkpoint of each modality that is not already there for
@@ -292,14 +319,19 @@ def pretrain_unimodal(job: Stage1Job, datasets: Mapping[str, Any], modalities: I
     bad = [m for m in modalities if m not in MODALITY_NAMES]
     if bad:
         raise KudaCheckpointError(f"Unknown modality {bad[0]!r} for stage 1; expected some of T, V, A.")
+    check_unimodal_labels(job, datasets)
     if not job.has_unimodal_labels:
         logger.warning(
             f"Dataset {job.origin.get('dataset')!r} has no unimodal labels (regression_labels_T/_V/_A): "
             "stage 1 uses the multimodal label as every modality's target (the paper pre-trains on a "
             "SIMS set instead: --knowledge-from sims2).")
+    whys = {m: _up_to_date(job, m) for m in modalities}
+    folders = sorted({job.paths[m].parent for m in modalities if overwrite or whys[m] is not None})
+    for folder in folders:      # before any epoch: a folder that cannot take the checkpoints is refused now
+        ensure_writable_dir(folder, "stage-1 knowledge folder (--knowledge-dir, $KUDA_MMSA_KNOWLEDGE_DIR)")
     with preserved_rng():
         for m in modalities:
-            why = _up_to_date(job, m)
+            why = whys[m]
             if why is None and not overwrite:
                 logger.info(f"Stage 1 [{MODALITY_NAMES[m]}]: {job.paths[m]} is up to date for this data "
                             f"and these settings; not trained again.")

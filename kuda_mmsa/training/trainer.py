@@ -220,11 +220,14 @@ class KuDATrainer:
             if not torch.isfinite(torch.tensor(mean_loss)):
                 where = (f"the best checkpoint (epoch {best_epoch}, valid {key} {best_valid:.4f}) is kept at "
                          f"{save_path}" if best_epoch else "no checkpoint was saved")
+                # the state after every finished epoch is saved, so there is one from epoch 2 on
+                state_note = (f"the state after epoch {epoch - 1} is in {resume}" if epoch > 1
+                              else "it diverged in its first epoch, so no training state was saved")
+                then = f"then delete {resume} and run again" if epoch > 1 else "then run again"
                 raise KudaTrainingError(
                     f"Training diverged: the loss became non-finite ({mean_loss}) in epoch {epoch} of seed "
-                    f"{args.get('seed')}; {where}, and the state after epoch {epoch - 1} is in {resume}. "
-                    f"Lower learning_rate (now {args['learning_rate']}) or set grad_clip, then delete "
-                    f"{resume} and run again.")
+                    f"{args.get('seed')}; {where}, and {state_note}. "
+                    f"Lower learning_rate (now {args['learning_rate']}) or set grad_clip, {then}.")
             train_results = self.metrics(y_pred, y_true)
             train_results["Loss"] = round(mean_loss, 4)
             logger.info(f"TRAIN-(kuda) [{epoch - best_epoch}/{epoch}/{args.get('cur_seed', 1)}] >> "
