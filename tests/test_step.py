@@ -2,6 +2,7 @@
 exactly as the trainer's loop was written before it moved there, capture-safe (nothing read
 on the host while a CUDA graph is recorded, checked on the CPU), and, on a GPU, a captured
 step that gives the eager step's numbers."""
+import logging
 import sys
 from pathlib import Path
 
@@ -161,6 +162,20 @@ def test_blockers_and_graph_choice():
     assert any("checkpointing" in b for b in make_model(gradient_checkpointing="sequences").capture_blockers())
 
 
+def test_blocked_capture_runs_eagerly_and_says_why_once(caplog):
+    """cuda_graphs asked for, a blocker present: one log line naming it, then eager steps."""
+    model = make_model(modality_dropout=0.3).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    step = TrainStep(forward_loss_of(model), params, make_adamw(params, LR, 0.0), CLIP, "cpu", graphs=True,
+                     blockers=model.capture_blockers())
+    with caplog.at_level(logging.INFO, logger="MMSA"):
+        for x in batches(3):
+            assert torch.isfinite(step(x)["loss"])
+    said = [r.getMessage() for r in caplog.records if "runs eagerly" in r.getMessage()]
+    assert len(said) == 1 and "modality_dropout" in said[0], said
+    assert not step.captured
+
+
 # ---------------------------------------------------------------------------------------- CUDA
 def _cuda_runs(graphs, data, dropout=0.0, steps_warmup=2):
     model = make_model(seed=3, fusion_dropout=dropout, av_dropout=dropout).cuda().train()
@@ -211,3 +226,30 @@ def test_cuda_graph_eval_forward_matches_eager():
     for a, b in outs:
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
     assert not torch.equal(outs[-1][1], outs[-2][1])   # replays read the new batch
+
+
+@cuda
+def test_cuda_failed_capture_falls_back_to_eager(caplog):
+    """A step that reads a GPU value on the host cannot be captured: one warning, and the run
+    goes on eagerly with the eager step's numbers."""
+    data = batches(6)
+    losses = {}
+    for graphs in (False, True):
+        model = make_model(seed=3).cuda().train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        inner = forward_loss_of(model)
+
+        def reads_on_host(x):
+            loss, report = inner(x)
+            if float(loss) < 0:          # a host read: refused while capturing
+                raise AssertionError
+            return loss, report
+
+        step = TrainStep(reads_on_host, params, make_adamw(params, LR, 1e-5, capturable=True), CLIP, "cuda",
+                         graphs=graphs, warmup=2)
+        with caplog.at_level(logging.INFO, logger="MMSA"):
+            losses[graphs] = [step(x)["loss"].item() for x in data]
+        assert not step.captured
+    assert step.capture_failure
+    assert sum("capture failed" in r.getMessage() for r in caplog.records) == 1
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-4, atol=1e-5)
