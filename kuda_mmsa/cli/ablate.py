@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import hashlib
 import json
 import logging
@@ -112,11 +113,25 @@ def file_digest(path) -> Optional[str]:
     return _DIGESTS[key]
 
 
-def cell_config(variant: Variant, config: Optional[dict]) -> dict:
-    """The config layer a cell runs with: the sweep's overrides, then the variant's."""
+# Shared flags that also set a stock MMSA model's own key, when its MMSA entry has it
+# (--pretrained: the text encoder of Self-MM, MISA, ...).
+SHARED_MODEL_KEYS = ("pretrained",)
+
+
+@functools.lru_cache(maxsize=None)
+def _stock_model_keys(model: str, dataset: str) -> frozenset:
+    register()
+    return frozenset(build_args(model, dataset)[0])
+
+
+def cell_config(variant: Variant, config: Optional[dict], dataset: str) -> dict:
+    """The config layer a cell runs with: the sweep's overrides, then the variant's. A stock
+    MMSA model takes the run keys and the shared flags its own config has (a user who names
+    the text encoder expects every variant that has one to use it)."""
     cfg = dict(config or {})
-    if not variant.is_kuda:
-        cfg = {k: v for k, v in cfg.items() if k in RUN_KEYS}   # KuDA's keys mean nothing to MMSA's models
+    if not variant.is_kuda:   # KuDA's own keys mean nothing to MMSA's models
+        takes = _stock_model_keys(variant.model, dataset) if any(k in cfg for k in SHARED_MODEL_KEYS) else ()
+        cfg = {k: v for k, v in cfg.items() if k in RUN_KEYS or (k in SHARED_MODEL_KEYS and k in takes)}
     cfg.update(variant.config)
     return cfg
 
@@ -127,7 +142,7 @@ def cell_fingerprint(variant: Variant, dataset: str, feature_file=None, config_f
     its model, the feature file's content, the text encoder and the package version."""
     register()
     args, _ = build_args(variant.model, dataset, config_file if variant.is_kuda else None,
-                         cell_config(variant, config) or None, f"ablation variant {variant.name}",
+                         cell_config(variant, config, dataset) or None, f"ablation variant {variant.name}",
                          custom_feature=feature_file)
     settings = {k: v for k, v in plain_args(args).items() if k not in PLACE_KEYS and k not in RUN_KEYS}
     data = args.get("featurePath")
@@ -212,7 +227,7 @@ def run_one(variant: Variant, dataset: str, seed: int, run_dir: Path, feature_fi
     """One MMSA_run with one seed; returns {metric: value} (MMSA's) plus DomFrac for KuDA."""
     register()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = cell_config(variant, config)
+    cfg = cell_config(variant, config, dataset)
     (run_dir / "variant.json").write_text(json.dumps(
         {"variant": variant.name, "model": variant.model, "config": cfg,
          "config_file": str(config_file) if config_file else None, "dataset": dataset, "seed": seed,
