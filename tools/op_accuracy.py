@@ -26,22 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 import kuda_mmsa.ops as ops  # noqa: E402
-from test_ops import make_inputs, nerr  # noqa: E402
+from test_ops import make_inputs, nerr, same_dtype_reference as same_dtype  # noqa: E402
 
 # the shapes of the tensor-core tests that failed on an H200, and the model's own
 SHAPES = [(1, 1, 8, 64, 65, 16), (2, 3, 2, 50, 70, 12), (1, 2, 3, 70, 130, 100), (2, 2, 2, 65, 129, 64),
           (2, 3, 2, 40, 70, 32), (32, 3, 8, 50, 50, 64)]
-
-
-def same_dtype(q, k, v, w, mask, scale):
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if mask is not None:
-        pad = mask[:, :, None, None, :]
-        dead = pad.all(-1, keepdim=True)
-        probs = torch.softmax(scores.masked_fill(pad & ~dead, float("-inf")), -1).masked_fill(dead, 0.0)
-    else:
-        probs = torch.softmax(scores, -1)
-    return torch.matmul(probs, v) * w.to(q.dtype)[:, :, None, None, None]
 
 
 def errors(fn, q, k, v, w, mask, scale, gout, ref, rgrads):

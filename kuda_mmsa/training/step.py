@@ -155,7 +155,22 @@ class _GraphRunner:
         return {k: v.clone() for k, v in cap.outputs.items()}
 
 
-class TrainStep:
+class _Replayable:
+    """What a step with a _GraphRunner reports about its capture."""
+
+    _runner: _GraphRunner
+
+    @property
+    def captured(self) -> bool:
+        return self._runner.captured
+
+    @property
+    def capture_failure(self) -> Optional[str]:
+        """Why capture failed, if it did."""
+        return self._runner.failure
+
+
+class TrainStep(_Replayable):
     """``step(inputs, loss_scale=1.0) -> report``: one optimisation step.
 
     ``forward_loss(inputs) -> (loss, report)`` runs the model and the loss on device tensors
@@ -173,14 +188,6 @@ class TrainStep:
         self.clip = float(clip)
         self.device = torch.device(device)
         self._runner = _GraphRunner(device, graphs, warmup, what, blockers, check)
-
-    @property
-    def captured(self) -> bool:
-        return self._runner.captured
-
-    @property
-    def capture_failure(self) -> Optional[str]:
-        return self._runner.failure
 
     def _to_device(self, inputs: Inputs) -> Dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in inputs.items()}
@@ -206,7 +213,7 @@ class TrainStep:
                                 before_capture=lambda: self.optimizer.zero_grad(set_to_none=True))
 
 
-class EvalForward:
+class EvalForward(_Replayable):
     """``forward(inputs) -> report``: an evaluation forward (no gradients), eager or replayed
     from a CUDA graph captured for the first input shape, as TrainStep. ``fn(inputs)`` returns
     the report (detached tensors)."""
@@ -216,14 +223,6 @@ class EvalForward:
         self.fn = fn
         self.device = torch.device(device)
         self._runner = _GraphRunner(device, graphs, warmup, what, (), check)
-
-    @property
-    def captured(self) -> bool:
-        return self._runner.captured
-
-    @property
-    def capture_failure(self) -> Optional[str]:
-        return self._runner.failure
 
     def _body(self, inputs: Inputs) -> Report:
         with torch.no_grad():
