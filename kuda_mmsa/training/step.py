@@ -54,8 +54,7 @@ def _signature(inputs: Inputs) -> tuple:
 class _Captured:
     """Static inputs, the graph and its static outputs for one input signature."""
 
-    def __init__(self, signature: tuple, inputs: Inputs, device: torch.device):
-        self.signature = signature
+    def __init__(self, inputs: Inputs, device: torch.device):
         self.inputs = {k: torch.empty(v.shape, dtype=v.dtype, device=device) for k, v in inputs.items()}
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.outputs: Report = {}
@@ -129,7 +128,7 @@ class _GraphRunner:
         return out
 
     def _capture(self, sig, inputs, eager, body, before_capture) -> Report:
-        cap = _Captured(sig, inputs, self.device)
+        cap = _Captured(inputs, self.device)
         cap.load(inputs)
         try:
             before_capture()
@@ -144,8 +143,8 @@ class _GraphRunner:
             torch.cuda.synchronize(self.device)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             self.failure = f"{type(exc).__name__}: {first[:300]}"
-            self._say(f"{self.what}: CUDA graph capture failed ({type(exc).__name__}: {first[:200]}); "
-                      "this run continues eagerly.", warn=True)
+            self._say(f"{self.what}: CUDA graph capture failed ({self.failure}); this run continues eagerly.",
+                      warn=True)
             return eager(inputs)
         cap.graph = graph
         self._captured = cap
