@@ -62,6 +62,7 @@ class KuDATrainer:
         self.knowledge = {}
         self.dist = distributed.current()
         self.epoch_callbacks = []   # fn(epoch, valid_results) after every epoch; may raise to stop
+        self._eval, self._eval_for = None, None     # the evaluation forward and its model
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -318,7 +319,7 @@ class KuDATrainer:
         """One evaluation forward per model, kept across epochs (its CUDA graph, if any, stays
         valid: the optimiser updates the weights in place)."""
         model = distributed.unwrap(model)
-        if getattr(self, "_eval_for", None) is not model:
+        if self._eval_for is not model:
             graphs, _ = graphs_wanted(self.args["cuda_graphs"], self.args["device"])
             self._eval, self._eval_for = eval_forward(model, self.args["device"], self.precision, graphs), model
         return self._eval
