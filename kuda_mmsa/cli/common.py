@@ -207,11 +207,13 @@ class Parser(argparse.ArgumentParser):
     lines of usage before the one that mattered). Exit status 2, as argparse's."""
 
     def _check_value(self, action, value):
+        # argparse's own check (a private method: argparse has no public hook for this
+        # message) lists the choices but never says which one was probably meant
         if action.choices is not None and value not in action.choices:
             choices = [str(c) for c in action.choices]
             near = closest(value, choices)
             raise argparse.ArgumentError(
-                action, f"invalid choice '{value}'" + (f"; did you mean '{near}'?" if near else ".")
+                action, f"invalid choice: '{value}'" + (f"; did you mean '{near}'?" if near else ".")
                 + f" Choices: {', '.join(choices)}.")
 
     def error(self, message):
