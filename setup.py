@@ -1,8 +1,9 @@
 """Build and install kuda_mmsa.
 
-- kuda_mmsa._C: the C++ op library (CPU kernels always; CUDA kernels when torch has CUDA
-  and a CUDA toolkit is found, FORCE_CUDA=1/0 overrides; KUDA_MMSA_NO_EXT=1 builds none, and
-  the exact PyTorch reference of the op runs instead).
+- kuda_mmsa._C: the C++ op library (CPU kernels always; CUDA kernels when torch has CUDA, a
+  CUDA toolkit is found and a GPU is visible; FORCE_CUDA=1 builds them without a visible GPU,
+  FORCE_CUDA=0 never; KUDA_MMSA_NO_EXT=1 builds none, and the exact PyTorch reference of the
+  op runs instead).
 - the MMSA start-up hook (a .pth file) for regular and editable installs.
 """
 import glob
@@ -18,6 +19,8 @@ INSTALL_REQUIRES = [
     "torch>=2.4",
     "transformers>=4.30",
     "MMSA==2.2.1",
+    # the training curves and explain's figures are the first thing users look at
+    "matplotlib",
     "numpy",
     "pandas",
     "easydict",
@@ -26,10 +29,10 @@ INSTALL_REQUIRES = [
     "tqdm",
 ]
 EXTRAS = {
-    # matplotlib: the explain/curve tests check the PNGs themselves; ray and optuna: the sweep
-    # tests run the embedded Ray executor and an Optuna study (they skip without them).
-    "test": ["pytest", "expecttest", "ninja", "matplotlib", "ray", "optuna"],
-    "plot": ["matplotlib"],
+    # ray and optuna: the sweep tests run the embedded Ray executor and an Optuna study (they
+    # skip without them).
+    "test": ["pytest", "expecttest", "ninja", "ray", "optuna"],
+    "plot": [],                  # matplotlib is a dependency now; kept so '.[plot]' still installs
     "ray": ["ray"],              # --executor ray: sweep cells as Ray tasks
     "optuna": ["optuna"],        # --tuner optuna: TPE with pruning, study in SQLite
 }
@@ -50,19 +53,20 @@ def _extensions():
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     if not cpp_sources or os.environ.get("KUDA_MMSA_NO_EXT") == "1":
         return []
+    try:
+        visible = torch.cuda.is_available()
+    except Exception:
+        visible = False
     force = os.environ.get("FORCE_CUDA")
     if force is not None:
         use_cuda = force == "1"
     else:
-        use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and bool(cuda_sources)
-    if use_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        try:
-            visible = torch.cuda.is_available()
-        except Exception:
-            visible = False
-        if not visible:
-            # No GPU visible at build time: torch would crash looking for one.
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        # The CUDA kernels take minutes to compile (most of a CPU machine's install) and only
+        # run on a GPU: a CPU machine with a CUDA toolkit around does not pay for them.
+        use_cuda = torch.version.cuda is not None and CUDA_HOME is not None and bool(cuda_sources) and visible
+    if use_cuda and not visible and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        # No GPU to read the architecture from: torch would crash looking for one.
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
     # No -std here: torch's BuildExtension adds the standard its headers need (C++17 up
     # to torch 2.9, C++20 from there on); forcing one breaks newer torch.
     # -fno-trapping-math / -fno-math-errno: lets GCC if-convert and vectorise the CPU

@@ -112,6 +112,11 @@ def default_knowledge_root() -> Path:
     return Path(os.environ.get("KUDA_MMSA_KNOWLEDGE_DIR") or Path.home() / "MMSA" / "knowledge").expanduser()
 
 
+def default_result_root() -> Path:
+    """MMSA's result folder (MMSA_run's ``res_save_dir`` default): ~/MMSA/results."""
+    return Path.home() / "MMSA" / "results"
+
+
 def default_data_root() -> Path:
     """$MMSA_DATA_ROOT, else ~/MMSA/datasets (--data-root overrides both)."""
     return Path(os.environ.get("MMSA_DATA_ROOT") or Path.home() / "MMSA" / "datasets").expanduser()

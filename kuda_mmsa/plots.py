@@ -1,7 +1,8 @@
-"""Plots for KuDA runs and explanations (matplotlib is optional: ``pip install -e .[plot]``).
+"""Plots for KuDA runs and explanations (matplotlib is a dependency of the package).
 
-Every function returns the path it wrote, or None when matplotlib is missing; in that case
-a single one-line notice is logged (once per process) and nothing fails.
+Every function returns the path it wrote, or None when matplotlib cannot be imported (an
+install that skipped dependencies); in that case a single one-line notice is logged (once per
+process) and nothing fails.
 
 - save_training_curves(history, path): train loss and the validation KeyEval per epoch;
 - ratio_distribution(ratios, path): histogram of R_T, R_V, R_A;
@@ -32,8 +33,8 @@ def _pyplot():
         import matplotlib.pyplot as plt
     except ImportError:
         if not _notice["shown"]:
-            logger.warning("matplotlib is not installed: no plots written "
-                           "(pip install -e '.[plot]' or pip install matplotlib).")
+            logger.warning("matplotlib is not installed: no plots written (it is a dependency of "
+                           "kuda_mmsa: pip install matplotlib).")
             _notice["shown"] = True
         return None
     return plt

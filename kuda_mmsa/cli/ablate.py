@@ -1,9 +1,10 @@
 """``ablate``: KuDA's ablations next to stock MMSA models, on the same splits and seeds.
 
-    kuda-mmsa ablate -d demo -s 1111 -s 1112 -s 1113 --out ablation
+    kuda-mmsa ablate -d demo -s 1111 -s 1112 -s 1113
     kuda-mmsa ablate -d sims2 --feature-file unaligned.pkl --variants kuda kuda_static lf_dnn
 
-Every (variant, seed) is one MMSA_run with one seed and its own model/result/log folders
+<out> is --out, else ``~/MMSA/results/ablation/<dataset>/`` (``<dataset>-<feature file name>``
+with --feature-file; under --res-save-dir if given). Every (variant, seed) is one MMSA_run with one seed and its own model/result/log folders
 under ``<out>/runs/<variant>/seed<seed>/``, so the metrics are MMSA's own (MetricsTop on the
 test split at the epoch selected on the validation set), kept at full precision. Writes
 ``<out>/ablation.csv`` (one row per variant x seed, added under a lock: several ablate
@@ -13,8 +14,9 @@ a (variant, seed) already in ablation.csv is not run again when its settings fin
 (the effective config, the feature file's content, the text encoder, the package version)
 is the one it was run with; otherwise it runs again and the reason is printed. For KuDA
 variants on data annotated 'dominant:<modality>' (the demo data) ``DomFrac`` is the fraction
-of test samples whose largest ratio is on the annotated dominant modality. Variants are a
-registry (kuda_mmsa.cli.variants).
+of test samples whose largest ratio is on the annotated dominant modality (n/a for a variant
+whose ratios are uniform, e.g. static fusion, and for MMSA's models, which have none; see
+``kuda-mmsa explain`` for what the figure means). Variants are a registry (kuda_mmsa.cli.variants).
 
 Parallel: ``--devices 0,1,2,3`` (or ``cpu:4``) runs one cell per device at a time, each in its
 own process; ``--executor ray [--address ADDR]`` runs each cell as a Ray task. One progress
@@ -32,28 +34,25 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Iterable, List, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from .. import __version__
+from ..data.kinds import KINDS
 from ..errors import KudaInputError
 from ..files import atomic_write_text, check_csv_target, update_csv
-from ..mmsa.args import RUN_KEYS, build_args, plain_args
 from ..mmsa.datasets import canonical_name
 from ..mmsa.register import register
-from ..mmsa.run import MMSA_run
-from ..training.distributed import env_context
-from ..model.encoders import text_encoder_info
-from ..training.checkpoints import describe_differences, plain
-from ..training.evaluation import dominant_fraction
-from ..training.runs import PLACE_KEYS
-from ..training.sweeps import Cell, CellResult, Executor, describe_result, make_executor, run_cells
-from .common import add_flags, command_parser, overrides, run_command
-from ..data.corruption import KINDS
+from ..training.sweeps import Cell, CellResult, describe_result, make_executor, run_cells
+from .common import add_flags, add_output_flags, command_parser, output_folder, overrides, run_command
 from .explain import collect
 from .robustness import ablation_robustness, add_grid_flags
 from .variants import DEFAULT_VARIANTS, VARIANTS, Variant
+
+if TYPE_CHECKING:
+    from ..training.sweeps import Executor
+
+# torch, MMSA and the run machinery are imported inside the functions that use them: `-h`
+# and argument errors answer without loading them.
 
 logger = logging.getLogger("MMSA")
 
@@ -120,6 +119,8 @@ SHARED_MODEL_KEYS = ("pretrained",)
 
 @functools.lru_cache(maxsize=None)
 def _stock_model_keys(model: str, dataset: str) -> frozenset:
+    from ..mmsa.args import build_args
+
     register()
     return frozenset(build_args(model, dataset)[0])
 
@@ -128,6 +129,8 @@ def cell_config(variant: Variant, config: Optional[dict], dataset: str) -> dict:
     """The config layer a cell runs with: the sweep's overrides, then the variant's. A stock
     MMSA model takes the run keys and the shared flags its own config has (a user who names
     the text encoder expects every variant that has one to use it)."""
+    from ..mmsa.args import RUN_KEYS
+
     cfg = dict(config or {})
     if not variant.is_kuda:   # KuDA's own keys mean nothing to MMSA's models
         takes = _stock_model_keys(variant.model, dataset) if any(k in cfg for k in SHARED_MODEL_KEYS) else ()
@@ -140,6 +143,11 @@ def cell_fingerprint(variant: Variant, dataset: str, feature_file=None, config_f
                      config: Optional[dict] = None) -> dict:
     """Everything that defines a cell's result apart from its seed: the effective config of
     its model, the feature file's content, the text encoder and the package version."""
+    from ..mmsa.args import RUN_KEYS, build_args, plain_args
+    from ..model.encoders import text_encoder_info
+    from ..training.checkpoints import plain
+    from ..training.runs import PLACE_KEYS
+
     register()
     args, _ = build_args(variant.model, dataset, config_file if variant.is_kuda else None,
                          cell_config(variant, config, dataset) or None, f"ablation variant {variant.name}",
@@ -165,6 +173,8 @@ def finished_cells(out: Path, cells, dataset: str, feature_file=None, config_fil
                    config: Optional[dict] = None):
     """(finished, rerun): the (variant, seed) cells of ``cells`` that ablation.csv holds with
     today's fingerprint, and {cell: why it must run again} for those it holds with another."""
+    from ..training.checkpoints import describe_differences
+
     rows = {(r["variant"], str(r["seed"])): r for r in read_rows(Path(out) / "ablation.csv")}
     prints, finished, rerun = {}, [], {}
     for name, seed in cells:
@@ -202,6 +212,8 @@ def _num(x) -> Optional[float]:
 
 def summarize(rows: List[dict], variants: Optional[Iterable[str]] = None, group: str = "variant") -> str:
     """Markdown table: one row per variant, mean ± std (population std, as MMSA) over seeds."""
+    import numpy as np
+
     order = list(variants) if variants else list(dict.fromkeys(r[group] for r in rows))
     metric_cols = []
     for r in rows:
@@ -215,7 +227,8 @@ def summarize(rows: List[dict], variants: Optional[Iterable[str]] = None, group:
         cells = []
         for c in metric_cols:
             vals = [v for v in (_num(r.get(c)) for r in rs) if v is not None]
-            cells.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if vals else "–")
+            empty = "n/a" if c == "DomFrac" else "–"     # DomFrac is empty where there is no ratio
+            cells.append(f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if vals else empty)
         lines.append(f"| {name} | {len(rs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -225,6 +238,8 @@ def run_one(variant: Variant, dataset: str, seed: int, run_dir: Path, feature_fi
             num_workers: int = 0, verbose_level: int = 1, config: Optional[dict] = None,
             gpu_ids=None) -> dict:
     """One MMSA_run with one seed; returns {metric: value} (MMSA's) plus DomFrac for KuDA."""
+    from ..mmsa.run import MMSA_run
+
     register()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = cell_config(variant, config, dataset)
@@ -246,11 +261,16 @@ def run_one(variant: Variant, dataset: str, seed: int, run_dir: Path, feature_fi
 
 
 def _dominant_fraction(weights: Path, dataset: str, feature_file) -> Optional[float]:
+    from ..training.evaluation import dominant_fraction, ratio_placement
+
     try:
         rows, _ = collect(weights, "test", dataset, None, feature_file)
     except Exception as e:  # the analysis must never lose a finished run
         logger.warning(f"DomFrac not computed: {e}")
         return None
+    place = ratio_placement(rows)
+    if place and place["uniform"] == place["samples"]:
+        return None         # no largest ratio anywhere: the question does not apply (n/a)
     return dominant_fraction(rows)
 
 
@@ -278,8 +298,14 @@ def _cells(todo, dataset, out: Path, feature_file, config_file, num_workers, ver
     return cells
 
 
+def default_out(dataset: str, feature_file=None, res_save_dir=None) -> Path:
+    """``<res_save_dir or ~/MMSA/results>/ablation/<dataset>[-<feature file name>]``."""
+    name = dataset + (f"-{Path(str(feature_file)).name.removesuffix('.pkl')}" if feature_file else "")
+    return output_folder(None, "ablation", name, res_save_dir)
+
+
 def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: Iterable[str] = DEFAULT_VARIANTS,
-                 out="ablation", feature_file=None, config_file=None, num_workers: int = 0,
+                 out=None, feature_file=None, config_file=None, num_workers: int = 0,
                  verbose_level: int = 1, config: Optional[dict] = None, echo=print,
                  robustness: Optional[dict] = None, reference: Optional[str] = None,
                  executor: Optional[Executor] = None) -> dict:
@@ -287,6 +313,8 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     (kuda_mmsa.training.sweeps); returns {'csv', 'markdown', 'table', 'ran', 'failed'}.
     With ``robustness`` (a corruption grid: kinds, modalities, rates, snr_db) every cell is
     then evaluated under test-time corruption (kuda_mmsa.cli.robustness)."""
+    from ..training.distributed import env_context
+
     if env_context().distributed:
         raise KudaInputError("ablate runs many runs: start it without torchrun and spread its cells with "
                              "--devices 0,1,... or --executor ray.")
@@ -294,7 +322,7 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise KudaInputError(f"Unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}.")
-    out = Path(out)
+    out = Path(out).expanduser() if out else default_out(dataset, feature_file)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "ablation.csv", out / "ablation.md"
     check_csv_target(csv_path, "ablation CSV", "--out", lambda header: None if {"variant", "seed"} <= set(header) else
@@ -349,7 +377,8 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     table = summarize(selected, variants)
     header = (f"Dataset `{dataset}`{' (' + str(feature_file) + ')' if feature_file else ''}, seeds "
               f"{', '.join(str(s) for s in seeds)}; test split, MMSA's metrics, mean ± std over seeds. "
-              f"DomFrac: fraction of test samples whose largest ratio is on the annotated dominant modality.\n\n")
+              f"DomFrac: fraction of test samples whose largest ratio is on the annotated dominant modality (n/a: "
+              f"the variant's ratios are uniform or it has none).\n\n")
     atomic_write_text(md_path, header + table)
     if not csv_path.exists():
         write_rows(rows, csv_path)
@@ -366,8 +395,9 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
 def build_parser(prog=None) -> argparse.ArgumentParser:
     p = command_parser(prog, __doc__)
     add_flags(p, "dataset", "feature_file", "seeds", "config", "data_root", "knowledge_dir", "pretrained",
-              "num_workers", "verbose", "no_plots", "no_progress", "out", "devices", "executor", "address",
-              dataset="required", out="ablation")
+              "num_workers", "verbose", "no_plots", "no_progress", "devices", "executor", "address",
+              dataset="required")
+    add_output_flags(p, "ablation", "<dataset>[-<feature file name>]")
     p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS),
                    metavar="VARIANT", help="Default: " + ", ".join(DEFAULT_VARIANTS))
     g = p.add_argument_group("robustness (test-time corruption of every cell)")
@@ -386,7 +416,8 @@ def run(a) -> int:
                 "snr_db": a.snr_db}
     executor = make_executor(a.devices, a.executor, a.address)
     try:
-        res = run_ablation(canonical_name(a.dataset), a.seeds or DEFAULT_SEEDS, a.variants, a.out,
+        out = a.out or default_out(canonical_name(a.dataset), a.feature_file, a.res_save_dir or None)
+        res = run_ablation(canonical_name(a.dataset), a.seeds or DEFAULT_SEEDS, a.variants, out,
                            feature_file=a.feature_file, config_file=a.config or None, num_workers=a.num_workers,
                            verbose_level=a.verbose, config=overrides(a) or None, robustness=grid,
                            reference=a.reference, executor=executor)

@@ -8,15 +8,18 @@ names, spellings, types and help are the same everywhere. Flags that set configu
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Dict
 
 from ..config.schema import KNOWLEDGE_TEXT
 from ..errors import KudaError
-from ..mmsa.args import model_choices
+from ..files import default_result_root
+from ..mmsa.defaults import default_workers, model_choices
 from ..mmsa.datasets import canonical_name, dataset_choices
 
 
@@ -49,10 +52,6 @@ def finite_float(text):
 finite_float.__name__ = "float"
 
 SEED_MAX = 2 ** 32 - 1        # numpy's seeds (MMSA seeds numpy, random and torch alike)
-
-
-def default_workers() -> int:
-    return min(8, os.cpu_count() or 1)
 
 
 FLAGS: Dict[str, tuple] = {
@@ -117,7 +116,6 @@ FLAGS: Dict[str, tuple] = {
                      "HEAD_IP:6379); default: an embedded Ray on this machine.")),
     "weights": (("--weights",), dict(type=str, required=True,
                 help="Trained KuDA weights (MMSA's saved model, e.g. ~/MMSA/saved_models/kuda-demo.pth).")),
-    "out": (("--out",), dict(type=str, help="Output folder.")),
 }
 
 # flag name -> the config key it sets (and how)
@@ -148,6 +146,22 @@ def add_flags(parser: argparse.ArgumentParser, *names: str, **defaults) -> argpa
                 kwargs["default"] = value
         parser.add_argument(*flags, **kwargs)
     return parser
+
+
+def add_output_flags(parser, kind: str, name_rule: str) -> None:
+    """``--res-save-dir`` and ``--out`` of a command that writes a folder of outputs: by default
+    ``<result root>/<kind>/<name>``, where MMSA users look, never the working directory."""
+    add_flags(parser, "res_save_dir")
+    parser.add_argument("--out", type=str, default=None,
+                        help=f"Output folder. Default: <--res-save-dir, else ~/MMSA/results>/{kind}/{name_rule}")
+
+
+def output_folder(out, kind: str, name: str, res_save_dir=None) -> Path:
+    """``--out`` when given, else ``<res_save_dir or ~/MMSA/results>/<kind>/<name>``."""
+    if out:
+        return Path(out).expanduser()
+    root = Path(res_save_dir).expanduser() if res_save_dir else default_result_root()
+    return root / kind / name
 
 
 def overrides(ns: argparse.Namespace) -> Dict[str, Any]:
@@ -181,12 +195,45 @@ def console_logging(verbose: int = 1) -> None:
     handler.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose), logging.INFO))
 
 
+def closest(word: str, candidates, cutoff: float = 0.5) -> str:
+    """The candidate nearest ``word`` (difflib), or '' when none is near."""
+    near = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=cutoff)
+    return near[0] if near else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one paragraph: what was wrong, the closest valid choice or
+    option, and where the options are listed; no usage dump (a typo in -d used to print 15
+    lines of usage before the one that mattered). Exit status 2, as argparse's."""
+
+    def _check_value(self, action, value):
+        # argparse's own check (a private method: argparse has no public hook for this
+        # message) lists the choices but never says which one was probably meant
+        if action.choices is not None and value not in action.choices:
+            choices = [str(c) for c in action.choices]
+            near = closest(value, choices)
+            raise argparse.ArgumentError(
+                action, f"invalid choice: '{value}'" + (f"; did you mean '{near}'?" if near else ".")
+                + f" Choices: {', '.join(choices)}.")
+
+    def error(self, message):
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            words = message[len(prefix):].split()
+            options = [w.split("=", 1)[0] for w in words if w.startswith("-")]
+            near = closest(options[0], self._option_string_actions, cutoff=0.7) if options else ""
+            message = (f"{prefix}{' '.join(words)}" + (f"; did you mean {near}?" if near else "."))
+        elif not message.rstrip().endswith((".", "?")):
+            message = message.rstrip() + "."
+        self.exit(2, f"{self.prog}: error: {message} `{self.prog} -h` lists every option.\n")
+
+
 def command_parser(prog, doc: str) -> argparse.ArgumentParser:
     """A command's parser: its docstring's first paragraph as the description, the rest as
     the epilog (kept as written)."""
     head, _, rest = doc.partition("\n\n")
-    return argparse.ArgumentParser(prog=prog, description=head, epilog=rest or None,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    return Parser(prog=prog, description=head, epilog=rest or None,
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def run_command(build_parser, run, argv=None, prog=None) -> int:
@@ -204,6 +251,9 @@ def guarded(prog: str, fn: Callable[[], int]) -> int:
     except KudaError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:         # the reader went away (`... | head`): nothing left to say
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted (the last finished epoch is saved; run the same command to resume)",
               file=sys.stderr)

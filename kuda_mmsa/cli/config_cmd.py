@@ -4,7 +4,7 @@
     kuda-mmsa config keys                                            every key: type, range, default, help
 
 ``show`` prints every key with its value and where the value came from: ``default`` (the
-schema), ``configs/kuda.yaml [<dataset>]``, the ``-c`` file and its section, or ``command
+schema; for ``pretrained``, the dataset's own text encoder), ``configs/kuda.yaml [<dataset>]``, the ``-c`` file and its section, or ``command
 line``. Unknown keys, wrong types and values out of range are refused exactly as a run would.
 """
 from __future__ import annotations
@@ -12,8 +12,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import describe_keys, render
-from ..mmsa.args import kuda_effective
-from ..mmsa.datasets import canonical_name
+from ..mmsa.datasets import canonical_name, get_facts
 from .common import add_flags, command_parser, overrides, run_command
 
 
@@ -32,7 +31,14 @@ def run(a) -> int:
     if a.action == "keys":
         print(describe_keys())
         return 0
-    eff = kuda_effective(canonical_name(a.dataset), a.config or None, overrides(a) or None, "command line")
+    from ..mmsa.args import kuda_effective   # here: `-h` answers without loading torch
+
+    dataset = canonical_name(a.dataset)
+    eff = kuda_effective(dataset, a.config or None, overrides(a) or None, "command line")
+    if eff.values.get("pretrained") is None:
+        # what a run then uses (kuda_mmsa.mmsa.args): the dataset's own text encoder, not "null"
+        eff.values["pretrained"] = get_facts(dataset, generate_demo=False)["default_bert"]
+        eff.sources["pretrained"] = f"default (the text encoder of dataset {dataset})"
     print(f"KuDA config for dataset '{canonical_name(a.dataset)}'"
           + (f" with -c {a.config}" if a.config else "") + ":")
     print(render(eff, only_changed=a.changed))

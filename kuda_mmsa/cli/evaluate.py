@@ -5,7 +5,8 @@ cross-dataset generalisation check the paper does not make).
     kuda-mmsa evaluate --weights W --feature-file F [-d DATASET_FOR_METRICS]
 
 The model is rebuilt from the config saved next to its weights (``W.json``) and run over a
-split of the other data, scored with that data's MMSA metrics. The data must have the feature
+split of the other data, on the device and in the precision training uses, scored with that
+data's MMSA metrics. The data must have the feature
 dims and padded lengths the model was trained with (text length, audio and vision length and
 dim); otherwise a clear error names both sides. Its token ids must come from the model's text
 encoder (checked against the encoder's tokenizer). When the two datasets' label ranges differ
@@ -20,16 +21,12 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from ..data import make_loaders
 from ..errors import KudaCheckpointError, KudaInputError
-from ..mmsa.args import build_args
 from ..mmsa.datasets import canonical_name, get_facts
-from ..mmsa.loader import load_features
-from ..mmsa.trained import load_trained, read_weights, weights_info
-from ..training.evaluation import predict
-from ..training.metrics import metrics_for
-from ..training.stage1 import check_text_data, data_label
 from .common import add_flags, command_parser, console_logging, overrides, run_command
+
+# torch, MMSA and the model are imported inside the functions that use them: `-h` and
+# argument errors answer without loading them.
 
 
 def trained_shapes(state) -> dict:
@@ -60,6 +57,8 @@ def _describe(shapes: dict) -> str:
 
 
 def dims_error(weights, info, trained: dict, args) -> KudaInputError:
+    from ..training.stage1 import data_label
+
     target = data_shapes(args)
     diff = [m for m in ("T", "V", "A") if trained[m][0] != target[m][0]
             or (m != "T" and trained[m][1] != target[m][1])]
@@ -82,13 +81,19 @@ def label_range_of(dataset: Optional[str]):
 
 
 def evaluate(weights, dataset: Optional[str] = None, feature_file=None, split: str = "test", config_file=None,
-             config: Optional[dict] = None, rescale: bool = True, out=None) -> dict:
+             config: Optional[dict] = None, rescale: bool = True, out=None, gpu_ids=None) -> dict:
     """Library entry point; returns the summary (also written to <out>/evaluate.json)."""
+    from ..mmsa.args import build_args
+    from ..mmsa.loader import load_features
+    from ..mmsa.trained import evaluation_precision, load_trained, predict_split, read_weights, weights_info
+    from ..training.metrics import metrics_for
+    from ..training.stage1 import check_text_data, data_label
+
     info = weights_info(weights)
     trained_on = (info or {}).get("dataset")
     dataset = canonical_name(dataset or trained_on or "demo")
     try:
-        args, features, model = load_trained(weights, dataset, config_file, feature_file, config)
+        args, features, model = load_trained(weights, dataset, config_file, feature_file, config, gpu_ids=gpu_ids)
     except KudaCheckpointError:
         # rebuild what was read, to name the dims on both sides (only on this failure path)
         layer = dict((info or {}).get("config") or {})
@@ -106,8 +111,7 @@ def evaluate(weights, dataset: Optional[str] = None, feature_file=None, split: s
     if split not in features.splits:
         raise KudaInputError(f"Split '{split}' is not in the data; splits: {sorted(features.splits)}.")
     check_text_data({split: features[split]}, args.get("pretrained"), f"the feature file '{data_label(args)}'")
-    loader = make_loaders({split: features[split]}, int(args.batch_size), 0)[split]
-    p = predict(model, loader, args.device)
+    p = predict_split(args, model, features[split])
     source_range, target_range = label_range_of(trained_on), list(args.get("label_range") or [])
     pred = p.pred
     rescaled = bool(rescale and source_range and target_range and source_range != target_range)
@@ -117,6 +121,7 @@ def evaluate(weights, dataset: Optional[str] = None, feature_file=None, split: s
     metrics = metrics_for(args.metrics_name)(pred, p.labels)
     summary = {"weights": str(weights), "trained_on": trained_on, "trained_feature_file": (info or {}).get("feature_file"),
                "evaluated_on": dataset, "feature_file": data_label(args), "split": split, "samples": len(p.ids),
+               "device": str(args.device), "precision": evaluation_precision(args)[0],
                "same_data_as_training": bool(info and info.get("data") and
                                              (info["data"].get("file") or {}).get("path") ==
                                              features.fingerprint["file"]["path"]),
@@ -132,8 +137,9 @@ def evaluate(weights, dataset: Optional[str] = None, feature_file=None, split: s
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
     p = command_parser(prog, __doc__)
-    add_flags(p, "weights", "dataset", "feature_file", "config", "data_root", "pretrained", "verbose", "out",
-              dataset=None, out=None)
+    add_flags(p, "weights", "dataset", "feature_file", "config", "data_root", "pretrained", "gpu_ids", "verbose",
+              dataset=None)
+    p.add_argument("--out", default=None, help="Folder to write evaluate.json into. Default: none written")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--no-rescale", action="store_true",
                    help="Score the predictions as they are when the label ranges of the two datasets differ.")
@@ -146,9 +152,9 @@ def run(a) -> int:
         raise KudaInputError("evaluate needs the data to test on: -d DATASET (its file under the data root) or "
                              "--feature-file F (with -d naming the dataset whose metrics and label range apply).")
     s = evaluate(a.weights, a.dataset, a.feature_file, a.split, a.config or None, overrides(a) or None,
-                 rescale=not a.no_rescale, out=a.out)
+                 rescale=not a.no_rescale, out=a.out, gpu_ids=a.gpu_ids)
     print(f"{s['samples']} {s['split']} samples of {s['evaluated_on']} ({s['feature_file']}), model trained on "
-          f"{s['trained_on']}:")
+          f"{s['trained_on']} ({s['precision']} on {s['device']}, as in training):")
     print("  " + ", ".join(f"{k} {v:.4f}" for k, v in s["metrics"].items()))
     if s["predictions_rescaled"]:
         print(f"  predictions mapped from {s['label_range']['trained']} to {s['label_range']['evaluated']} "

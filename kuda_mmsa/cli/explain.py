@@ -3,7 +3,9 @@
     kuda-mmsa explain --weights W [-d DATASET] [--feature-file F] [--split test] [--out DIR]
 
 The model is rebuilt from the configuration saved next to the weights (``W.json``, written by
-training; ``-c`` and the flags override it) and the split is run through it. Writes
+training; ``-c`` and the flags override it) and the split is run through it on the device and
+in the precision training uses, so the metrics are the ones training reported. Writes, into
+--out (default: ``~/MMSA/results/explain/<weights file name>/``, under --res-save-dir if given)
 
 - ``explain-<split>.csv``: id, T, V, A (unimodal scores), R_T, R_V, R_A (ratios), prediction,
   label, abs_error and annotation (data with ``annotations``, e.g. the demo's dominant modality);
@@ -13,6 +15,13 @@ training; ``-c`` and the flags override it) and the split is run through it. Wri
   one wrong per annotated group / the best and worst samples);
 - ``summary.json``: MMSA's metrics on the split and, with annotations, the fraction of samples
   whose largest ratio is on the annotated dominant modality.
+
+That fraction asks whether the per-sample ratio finds the modality the data says carries the
+sentiment (the demo data marks one per sample); uniform weights would do so for no sample and
+a random pick for 1 in 3. The ratio never sees the label: it follows how far each modality's
+own score lies from the others', so it picks the modality nearest the middle (median) of the
+three scores. On the demo data that is mostly the weakly agreeing modality, not the dominant
+one, and the fraction can fall below 1 in 3; the command prints both shares.
 """
 from __future__ import annotations
 
@@ -23,26 +32,31 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .. import plots
-from ..data import make_loaders
 from ..errors import KudaInputError
-from ..mmsa.trained import load_trained
-from ..training.evaluation import MODALITY_INDEX, dominant_fraction, dominant_of, on_dominant, predict
-from ..training.metrics import metrics_for
-from .common import add_flags, command_parser, console_logging, overrides, run_command
+from .common import (add_flags, add_output_flags, command_parser, console_logging, output_folder, overrides,
+                     run_command)
+
+# MODALITY_INDEX etc. come from training.evaluation, which imports torch: they are imported
+# inside the functions, so that `-h` and argument errors answer without loading it.
 
 CSV_COLUMNS = ["id", "T", "V", "A", "R_T", "R_V", "R_A", "prediction", "label", "abs_error", "annotation"]
 ERROR_BINS = (0.0, 0.1, 0.2, 0.4, float("inf"))
 
 
 def collect(weights, split: str = "test", dataset: Optional[str] = None, config_file=None, feature_file=None,
-            config: Optional[dict] = None):
-    """(rows, metrics): one dict per sample of ``split`` (CSV_COLUMNS) and MMSA's metrics."""
-    args, features, model = load_trained(weights, dataset, config_file, feature_file, config)
+            config: Optional[dict] = None, gpu_ids=None, info: Optional[dict] = None):
+    """(rows, metrics): one dict per sample of ``split`` (CSV_COLUMNS) and MMSA's metrics, on
+    training's device and in its precision. ``info`` (a dict) receives them."""
+    from ..mmsa.trained import evaluation_precision, load_trained, predict_split
+    from ..training.metrics import metrics_for
+
+    args, features, model = load_trained(weights, dataset, config_file, feature_file, config, gpu_ids=gpu_ids)
     if split not in features.splits:
         raise KudaInputError(f"Split '{split}' is not in the data; splits: {sorted(features.splits)}.")
     ds = features[split]
-    loader = make_loaders({split: ds}, int(args.batch_size), 0)[split]
-    p = predict(model, loader, args.device)
+    p = predict_split(args, model, ds)
+    if info is not None:
+        info.update(device=str(args.device), precision=evaluation_precision(args)[0])
     metrics = metrics_for(args.metrics_name)(p.pred, p.labels)
     ann = {}
     if getattr(ds, "annotations", None) is not None:
@@ -61,6 +75,8 @@ def error_bin(err: float) -> str:
 
 
 def choose_samples(rows, ids: Optional[List[str]] = None, per_group: int = 1) -> List[Dict]:
+    from ..training.evaluation import MODALITY_INDEX, dominant_of, on_dominant
+
     if ids:
         by_id = {r["id"]: r for r in rows}
         missing = [i for i in ids if i not in by_id]
@@ -92,6 +108,8 @@ def write_csv(rows, path) -> Path:
 
 
 def write_plots(rows, out: Path, sample_ids=None) -> List[Path]:
+    from ..training.evaluation import MODALITY_INDEX, dominant_fraction, dominant_of
+
     ratios = [[r["R_T"], r["R_V"], r["R_A"]] for r in rows]
     written = [plots.ratio_distribution(ratios, out / "ratio_distribution.png")]
     if rows and all(dominant_of(r.get("annotation")) is not None for r in rows):
@@ -109,23 +127,55 @@ def write_plots(rows, out: Path, sample_ids=None) -> List[Path]:
     return [p for p in written if p is not None]
 
 
-def explain(weights, feature_file=None, split="test", out="explain", config_file=None, dataset=None,
-            sample_ids=None, plots=True, config: Optional[dict] = None) -> dict:
-    """Library entry point; returns the summary (also written to summary.json)."""
-    out = Path(out)
-    rows, metrics = collect(weights, split, dataset, config_file, feature_file, config)
+def default_out(weights, res_save_dir=None) -> Path:
+    """``<res_save_dir or ~/MMSA/results>/explain/<weights file name without .pth>``."""
+    return output_folder(None, "explain", Path(weights).name.removesuffix(".pth"), res_save_dir)
+
+
+def explain(weights, feature_file=None, split="test", out=None, config_file=None, dataset=None,
+            sample_ids=None, plots=True, config: Optional[dict] = None, res_save_dir=None, gpu_ids=None) -> dict:
+    """Library entry point; returns the summary (also written to summary.json). ``out``
+    defaults to ``default_out(weights, res_save_dir)``."""
+    from ..training.evaluation import dominant_fraction, ratio_placement
+
+    out = Path(out).expanduser() if out else default_out(weights, res_save_dir)
+    info = {}
+    rows, metrics = collect(weights, split, dataset, config_file, feature_file, config, gpu_ids, info)
     csv_path = write_csv(rows, out / f"explain-{split}.csv")
     pngs = write_plots(rows, out, sample_ids) if plots else []
-    summary = {"weights": str(weights), "split": split, "samples": len(rows), "metrics": metrics,
-               "dominant_fraction": dominant_fraction(rows), "csv": str(csv_path), "plots": [str(p) for p in pngs]}
+    summary = {"weights": str(weights), "split": split, "samples": len(rows), "metrics": metrics, **info,
+               "dominant_fraction": dominant_fraction(rows), "ratio_placement": ratio_placement(rows),
+               "csv": str(csv_path), "plots": [str(p) for p in pngs]}
+    summary["summary"] = str(out / "summary.json")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
+def describe_dominant(s: dict) -> str:
+    """What the dominant-modality figure means, with this run's shares (module docstring)."""
+    place = s.get("ratio_placement") or {}
+    n = place.get("samples", 0)
+    if s.get("dominant_fraction") is None or not n:
+        return ""
+    head = (f"largest ratio on the annotated dominant modality: {s['dominant_fraction']:.1%} of the {n} annotated "
+            f"samples")
+    if place.get("uniform") == n:
+        return (f"{head}: n/a, this model's ratios are uniform (static fusion, or reference mode, which has no ratio "
+                f"at evaluation), so no modality is largest.")
+    return (f"{head} (a random pick would give 33.3%).\n"
+            f"  The ratio never sees the label: it favours the modality whose own score lies nearest the median of "
+            f"the three scores. Its largest value is on that modality for {place['median']:.1%} of these samples, "
+            f"while the annotated dominant modality is the one nearest the median for only "
+            f"{place['dominant_is_median']:.1%} of them (on the demo data the median is mostly the modality that "
+            f"agrees weakly with the label). So this share measures whether the label-free ratio finds the "
+            f"dominant modality, not how good the predictions are (the metrics above).")
+
+
 def build_parser(prog=None) -> argparse.ArgumentParser:
     p = command_parser(prog, __doc__)
-    add_flags(p, "weights", "dataset", "feature_file", "config", "data_root", "pretrained", "no_plots",
-              "verbose", "out", dataset=None, out="explain")
+    add_flags(p, "weights", "dataset", "feature_file", "config", "data_root", "pretrained", "gpu_ids", "no_plots",
+              "verbose", dataset=None)
+    add_output_flags(p, "explain", "<weights file name>")
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--samples", nargs="*", default=None, help="ids for the per-sample panels")
     return p
@@ -134,12 +184,15 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
 def run(a) -> int:
     console_logging(a.verbose)
     s = explain(a.weights, a.feature_file, a.split, a.out, a.config or None, a.dataset, a.samples,
-                plots=not a.no_plots, config=overrides(a) or None)
+                plots=not a.no_plots, config=overrides(a) or None, res_save_dir=a.res_save_dir or None,
+                gpu_ids=a.gpu_ids)
     m = s["metrics"]
-    print(f"{s['samples']} {a.split} samples: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()))
-    if s["dominant_fraction"] is not None:
-        print(f"largest ratio on the annotated dominant modality: {s['dominant_fraction']:.1%}")
-    print(f"wrote {s['csv']}" + "".join(f"\nwrote {p}" for p in s["plots"]))
+    print(f"{s['samples']} {a.split} samples: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items())
+          + f" ({s['precision']} on {s['device']}, as in training)")
+    note = describe_dominant(s)
+    if note:
+        print(note)
+    print(f"wrote {s['csv']}" + "".join(f"\nwrote {p}" for p in s["plots"]) + f"\nwrote {s['summary']}")
     return 0
 
 

@@ -5,19 +5,26 @@ editable installs; ``pip uninstall kuda_mmsa`` removes it, it is in the wheel's 
 The .pth line imports neither torch nor MMSA: it only looks at ``sys.orig_argv`` and,
 when ``MMSA`` is on the command line and ``KUDA_MMSA_NO_HOOK`` is not ``1``, imports this
 module (stdlib only, plus the package's light ``__init__``) and calls ``install()``.
-``install()`` puts a finder on ``sys.meta_path`` that answers only for ``MMSA.__main__``
-and only when Python was started as ``python -m MMSA``; its loader's code runs
-``kuda_mmsa.cli.main.main()``. Any failure leaves Python and stock MMSA untouched.
+``install()`` puts a finder on ``sys.meta_path`` that answers only when Python was started
+as ``python -m MMSA``, and then only for ``MMSA.__main__`` (whose code runs
+``kuda_mmsa.cli.main.main()``) and for the ``MMSA`` package itself: runpy imports the package
+before its ``__main__``, and MMSA's ``__init__`` loads torch, transformers and scikit-learn
+(seconds, before ``-h`` could answer). The package is created with its real path, so its
+submodules import as usual, and its ``__init__`` runs at the first read of a name it defines
+(``register()`` reads one before patching MMSA). Any failure leaves Python and stock MMSA
+untouched.
 """
 from __future__ import annotations
 
 import importlib.abc
+import importlib.machinery
 import importlib.util
 import os
 import sys
 
 ENV_DISABLE = "KUDA_MMSA_NO_HOOK"
 TARGET = "MMSA.__main__"
+PACKAGE = "MMSA"
 PTH_NAME = "kuda_mmsa_hook.pth"
 # The exact line of the .pth file (setup.py installs this text; tests check it).
 PTH_LINE = (
@@ -78,12 +85,50 @@ class _Loader(importlib.abc.InspectLoader):
         return False
 
 
+class _DeferredInit(importlib.abc.Loader):
+    """The MMSA package with its real path; its ``__init__`` runs at the first read of a name
+    the module does not have yet (PEP 562 ``__getattr__``)."""
+
+    def __init__(self, real_spec):
+        self._real = real_spec
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        real = self._real
+
+        def __getattr__(name):
+            if name.startswith("__") and name.endswith("__"):
+                raise AttributeError(name)      # dunders are looked up, never defined, by __init__
+            module.__dict__.pop("__getattr__", None)
+            module.__loader__ = real.loader
+            real.loader.exec_module(module)
+            try:
+                return module.__dict__[name]
+            except KeyError:
+                raise AttributeError(f"module 'MMSA' has no attribute '{name}'") from None
+
+        module.__getattr__ = __getattr__
+
+
 class MMSAMainFinder(importlib.abc.MetaPathFinder):
-    """Answers only for MMSA.__main__ under ``python -m MMSA``; otherwise None."""
+    """Answers only under ``python -m MMSA``: for MMSA.__main__ (our command line) and for the
+    MMSA package (its ``__init__`` deferred); otherwise None."""
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname != TARGET or disabled() or not started_as_python_m_mmsa():
+        if fullname not in (TARGET, PACKAGE) or disabled() or not started_as_python_m_mmsa():
             return None
+        if fullname == PACKAGE:
+            try:
+                real = importlib.machinery.PathFinder.find_spec(PACKAGE, path)
+            except Exception:
+                return None
+            if real is None or real.submodule_search_locations is None or real.loader is None:
+                return None
+            return importlib.util.spec_from_file_location(
+                PACKAGE, real.origin, loader=_DeferredInit(real),
+                submodule_search_locations=list(real.submodule_search_locations))
         origin = None
         for p in path or []:
             cand = os.path.join(p, "__main__.py")

@@ -19,11 +19,7 @@ import argparse
 
 from ..config.schema import SCHEMA
 from ..errors import KudaInputError
-from ..mmsa.args import build_args
 from ..mmsa.datasets import canonical_name
-from ..mmsa.loader import load_features
-from ..mmsa.patches import assign_gpu
-from ..training.stage1 import job_from_args, pretrain_command, pretrain_unimodal
 from .common import add_flags, command_parser, console_logging, overrides, run_command
 
 
@@ -55,6 +51,12 @@ def parse_epochs(text):
 
 
 def run(a: argparse.Namespace) -> int:
+    # imported here, not at the top: `-h` and argument errors answer without loading torch
+    from ..mmsa.args import build_args
+    from ..mmsa.loader import load_features
+    from ..mmsa.patches import assign_gpu
+    from ..training.stage1 import job_from_args, pretrain_command, pretrain_unimodal
+
     console_logging(a.verbose)
     if len(a.seeds) > 1:
         raise KudaInputError(f"Stage 1 writes one knowledge checkpoint per modality, so it takes one seed "

@@ -2,12 +2,13 @@
 peers on every dataset, with MMSA's seeds and the paper's settings (configs/kuda.yaml).
 
     kuda-mmsa reproduce --data-root R --pretrained-zh P_ZH --pretrained-en P_EN [-d sims sims2 mosi mosei]
-                        [-s 1111 -s 1112 ...] [--variants ...] [--dry-run] [--out reproduction]
+                        [-s 1111 -s 1112 ...] [--variants ...] [--dry-run] [--out DIR]
     python tools/reproduce.py ...   (the same)
 
 Per dataset every (variant, seed) cell is one MMSA_run (the ablation runner, kuda_mmsa.cli.ablate:
 MMSA's metrics on the test split at the epoch chosen on the validation split), under
-``<out>/<dataset>/``. Text encoders: --pretrained-zh for the Chinese sets (sims, simsv2),
+``<out>/<dataset>/``; <out> is --out, else ``~/MMSA/results/reproduction/`` (under
+--res-save-dir if given). Text encoders: --pretrained-zh for the Chinese sets (sims, simsv2),
 --pretrained-en for MOSI/MOSEI, for KuDA and for the MMSA peers that use BERT. Knowledge: the
 SIMS sets pre-train on their own unimodal labels; MOSI and MOSEI have none and take the
 knowledge of --knowledge-from (default simsv2, the authors' pre-training set), the paper's
@@ -39,22 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
-import torch
-
 from ..config.schema import KNOWLEDGE_TEXT
-from ..data.validate import read_pickle
 from ..errors import KudaInputError
 from ..files import atomic_path, default_data_root
-from ..mmsa.args import build_args
 from ..mmsa.datasets import DATASETS, canonical_name, dataset_choices, get_facts
-from ..model import KuDAConfig, build_branch, build_kuda
-from ..model.encoders import local_encoder_config
-from ..training.stage1 import job_from_args
 from ..training.sweeps import make_executor
-from ..training.transfer import is_cross_dataset
 from .ablate import finished_cells, read_rows, run_ablation
-from .common import add_flags, command_parser, console_logging, guarded
+from .common import add_flags, add_output_flags, command_parser, console_logging, guarded, output_folder
+
+# numpy, torch, MMSA and the model are imported inside the functions that use them: `-h` and
+# argument errors answer without loading them.
 from .variants import VARIANTS, Variant, register_variant
 
 DEFAULT_DATASETS = ("sims", "simsv2", "mosi", "mosei")
@@ -171,12 +166,17 @@ def dataset_overrides(dataset: str, zh, en, knowledge_from, knowledge_text, feat
 
 
 def _kuda_args(dataset, config_file, cfg, feature_file):
+    from ..mmsa.args import build_args
+
     args, _ = build_args("kuda", dataset, config_file, cfg or None, "reproduce", custom_feature=feature_file)
     return args
 
 
 def knowledge_folders(args) -> List[dict]:
     """The stage-1 folders a KuDA run with ``args`` needs (no data is read)."""
+    from ..training.stage1 import job_from_args
+    from ..training.transfer import is_cross_dataset
+
     if not args.get("use_knowledge", True):
         return []
     out = []
@@ -197,6 +197,10 @@ def knowledge_folders(args) -> List[dict]:
 def _shapes(dataset: str, feature_file: Optional[str]) -> dict:
     """seq_lens, feature_dims (MMSA order T, A, V) and split sizes: from the file when one is given
     (or the demo's), else from the dataset table."""
+    import numpy as np
+
+    from ..data.validate import read_pickle
+
     if feature_file:
         data = read_pickle(feature_file)
         tr = data["train"]
@@ -213,6 +217,11 @@ def probe(args, shapes: dict, knowledge: List[dict], source_shapes: Optional[dic
     """(seconds per KuDA run, seconds of the missing stage 1) on this machine, from timing one
     training step on synthetic inputs of the data's shapes; (None, None) when the model cannot be
     built here (e.g. the text encoder is not available offline)."""
+    import torch
+
+    from ..model import KuDAConfig, build_branch, build_kuda
+    from ..model.encoders import local_encoder_config
+
     if local_encoder_config(args.get("pretrained")) is None:     # not available offline: never download
         return None, None
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -382,6 +391,8 @@ def describe_plan(plans: List[DatasetPlan], seeds, variants) -> str:
 
 # ---------------------------------------------------------------------- running
 def _stock_takes_pretrained(model: str, dataset: str) -> bool:
+    from ..mmsa.args import build_args
+
     try:
         args, _ = build_args(model, dataset)
     except Exception:
@@ -408,11 +419,15 @@ def peer_encoders(dataset: str, encoder: Optional[str], variants):
 
 
 def _summary(vals: List[float]) -> str:
+    import numpy as np
+
     return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}"
 
 
 def write_report(out: Path, plans: List[DatasetPlan], seeds, variants, command: str = "") -> Tuple[Path, Path]:
     """reproduction.md (ours beside published numbers with sources) and reproduction.csv."""
+    import numpy as np
+
     md, all_rows, used = [], [], set()
     md.append("# Reproduction\n")
     if command:
@@ -474,11 +489,11 @@ def write_report(out: Path, plans: List[DatasetPlan], seeds, variants, command: 
     return md_path, csv_path
 
 
-def reproduce(datasets=DEFAULT_DATASETS, seeds=DEFAULT_SEEDS, variants=DEFAULT_VARIANTS, out="reproduction",
+def reproduce(datasets=DEFAULT_DATASETS, seeds=DEFAULT_SEEDS, variants=DEFAULT_VARIANTS, out=None,
               zh=None, en=None, knowledge_from=DEFAULT_KNOWLEDGE_FROM, knowledge_text="auto", feature_files=None,
               config_file=None, base: Optional[dict] = None, dry_run=False, num_workers: int = 0,
               verbose_level: int = 1, executor=None, echo=print, command: str = "") -> dict:
-    out = Path(out)
+    out = output_folder(out, "reproduction", "")
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise KudaInputError(f"Unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}.")
@@ -510,7 +525,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                    choices=dataset_choices(), metavar="DATASET",
                    help=f"Datasets (sims2 = simsv2). Default: {' '.join(DEFAULT_DATASETS)}")
     add_flags(p, "seeds", "config", "data_root", "knowledge_dir", "num_workers", "verbose", "no_plots",
-              "no_progress", "out", "devices", "executor", "address", out="reproduction")
+              "no_progress", "devices", "executor", "address")
+    add_output_flags(p, "reproduction", "")
     p.add_argument("--pretrained-zh", default=None,
                    help="Chinese text encoder (sims, simsv2): a local folder. Default: bert-base-chinese from the "
                         "local Hugging Face cache")
@@ -546,7 +562,8 @@ def run(a) -> int:
         base["progress"] = False
     executor = None if a.dry_run else make_executor(a.devices, a.executor, a.address)
     try:
-        res = reproduce(a.datasets, a.seeds or DEFAULT_SEEDS, a.variants, a.out, a.pretrained_zh, a.pretrained_en,
+        res = reproduce(a.datasets, a.seeds or DEFAULT_SEEDS, a.variants,
+                        output_folder(a.out, "reproduction", "", a.res_save_dir or None), a.pretrained_zh, a.pretrained_en,
                         a.knowledge_from, a.knowledge_text, parse_feature_files(a.feature_file_for),
                         a.config or None, base, a.dry_run, a.num_workers, a.verbose, executor,
                         command=getattr(a, "command", ""))

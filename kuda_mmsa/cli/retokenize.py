@@ -19,19 +19,16 @@ import pickle
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
-from ..data.validate import SPLITS, check_splits, read_pickle, require_keys
 from ..errors import KudaInputError
 from ..files import atomic_path
-from ..mmsa.args import resolve_pretrained
-from ..model.encoders import load_tokenizer
 from .common import add_flags, command_parser, run_command
 
 
 def encode_texts(tokenizer, texts, max_length: int) -> np.ndarray:
     """[N, 3, max_length] float32: ids, attention mask, segment ids (zeros where the tokenizer
     gives none); an empty text is all padding with mask 0."""
+    import numpy as np
+
     n = len(texts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = np.zeros((n, 3, max_length), dtype=np.float32)
@@ -51,6 +48,10 @@ def encode_texts(tokenizer, texts, max_length: int) -> np.ndarray:
 
 def retokenize_data(data: dict, tokenizer, max_length: Optional[int] = None, path="the feature file") -> dict:
     """A copy of MMSA-format ``data`` with text_bert rebuilt from raw_text (module docstring)."""
+    import numpy as np
+
+    from ..data.validate import SPLITS, check_splits, require_keys
+
     check_splits(data, path, [s for s in SPLITS if s in data] or SPLITS)
     out = {}
     for split, sd in data.items():
@@ -80,6 +81,11 @@ def retokenize_data(data: dict, tokenizer, max_length: Optional[int] = None, pat
 
 
 def retokenize_file(feature_file, pretrained, out, max_length: Optional[int] = None) -> Path:
+    # imported here, not at the top: `-h` and argument errors answer without loading torch
+    from ..data.validate import read_pickle
+    from ..mmsa.args import resolve_pretrained
+    from ..model.encoders import load_tokenizer
+
     # the names training accepts ('demo-tiny-bert': the local demo BERT) mean the same here
     tokenizer = load_tokenizer(resolve_pretrained(pretrained))
     if tokenizer is None:
@@ -98,7 +104,9 @@ def retokenize_file(feature_file, pretrained, out, max_length: Optional[int] = N
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
     p = command_parser(prog, __doc__)
-    add_flags(p, "feature_file", "pretrained", "out", feature_file="required", pretrained="required", out="required")
+    add_flags(p, "feature_file", "pretrained", feature_file="required", pretrained="required")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="The feature file to write (a new .pkl; the input file is never changed).")
     p.add_argument("--max-length", type=int, default=None,
                    help="Padded text length. Default: the file's (its text_bert length)")
     return p

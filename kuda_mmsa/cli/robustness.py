@@ -4,9 +4,11 @@
                          [--modality T V A] [--rate 0 0.25 0.5 0.75 1] [-s SEED ...] [--out DIR]
 
 Each model is rebuilt from the config saved next to its weights and evaluated on the test
-split with a share ``rate`` of the samples corrupted in one modality (kuda_mmsa.data.corruption:
+split (on the device and in the precision training uses) with a share ``rate`` of the samples corrupted in one modality (kuda_mmsa.data.corruption:
 missing, Gaussian noise at --snr-db, or swapped with another sample's), for each seed; the
-corrupted samples depend only on the seed, so every model sees the same corruption. Writes
+corrupted samples depend only on the seed, so every model sees the same corruption. Writes,
+into --out (default: ``~/MMSA/results/robustness/<labels joined by +>/``, under
+--res-save-dir if given)
 
 - ``robustness.csv``: model, corruption, modality, rate, seed and MMSA's metrics;
 - ``robustness_summary.csv`` and ``robustness.md``: per model, corruption and modality, the
@@ -24,17 +26,15 @@ import csv
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
-import torch
-
 from .. import plots
-from ..data.corruption import KINDS
+from ..data.kinds import KINDS
 from ..errors import KudaInputError
 from ..files import atomic_path
-from ..mmsa.args import RUN_KEYS, build_args
-from ..mmsa.trained import load_trained, tester_for
-from ..training.robustness import SUMMARY_METRICS, evaluate_grid, summaries
-from .common import add_flags, command_parser, console_logging, finite_float, overrides, run_command
+from .common import (add_flags, add_output_flags, command_parser, console_logging, finite_float, output_folder,
+                     overrides, run_command)
+
+# numpy, torch, MMSA and the model are imported inside the functions that use them: `-h` and
+# argument errors answer without loading them.
 
 DEFAULT_RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 ID_COLUMNS = ["model", "corruption", "modality", "rate", "seed"]
@@ -89,12 +89,16 @@ def read_csv(path: Path) -> List[dict]:
 
 
 def _mean_std(vals) -> str:
+    import numpy as np
+
     vals = [float(v) for v in vals if v != "" and v is not None]
     return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}" if vals else "–"
 
 
 def markdown(rows: List[dict], summary: List[dict], group: str, reference: str) -> str:
     """Per corruption: metric at each rate (mean ± std over seeds) and RR / ER per model."""
+    from ..training.robustness import SUMMARY_METRICS
+
     out = []
     names = list(dict.fromkeys(str(r[group]) for r in rows))
     for kind in dict.fromkeys(r["corruption"] for r in rows):
@@ -121,6 +125,8 @@ def markdown(rows: List[dict], summary: List[dict], group: str, reference: str) 
 
 def write_outputs(rows: List[dict], out: Path, group: str, reference: str) -> Dict[str, Path]:
     """CSV, summary CSV, Markdown and one PNG per corruption kind."""
+    from ..training.robustness import summaries
+
     out.mkdir(parents=True, exist_ok=True)
     summary = summaries(rows, reference, group)
     first = [group] + (["model"] if group != "model" else []) + ID_COLUMNS[1:]
@@ -142,8 +148,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     p = command_parser(prog, __doc__)
     p.add_argument("--weights", nargs="+", required=True, help="Trained KuDA weights (one or more models).")
     p.add_argument("--labels", nargs="+", default=None, help="A name per weights file (default: the file names).")
-    add_flags(p, "dataset", "feature_file", "config", "data_root", "pretrained", "seeds", "verbose", "out",
-              dataset=None, out="robustness")
+    add_flags(p, "dataset", "feature_file", "config", "data_root", "pretrained", "seeds", "gpu_ids", "verbose",
+              dataset=None)
+    add_output_flags(p, "robustness", "<labels joined by +>")
     add_grid_flags(p)
     p.add_argument("--reference", default=None, help="Model the effective robustness is measured against "
                                                      "(a --labels name). Default: the first model")
@@ -151,6 +158,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
 
 
 def run(a) -> int:
+    from ..mmsa.trained import load_trained, tester_for
+    from ..training.robustness import evaluate_grid
+
     console_logging(2 if a.verbose == 2 else 0)      # one test log line per evaluation is too many
     labels = a.labels or [Path(w).stem for w in a.weights]
     if len(labels) != len(a.weights) or len(set(labels)) != len(labels):
@@ -163,7 +173,7 @@ def run(a) -> int:
     rows = []
     for name, weights in zip(labels, a.weights):
         args, features, model = load_trained(weights, a.dataset, a.config or None, a.feature_file,
-                                             overrides(a) or None)
+                                             overrides(a) or None, gpu_ids=a.gpu_ids)
         args.model_save_path = str(weights)
         split, test_fn, options = tester_for(args, features, model)
         for r in evaluate_grid(split, test_fn, a.corrupt, a.modality, rates, a.seeds or [1111],
@@ -171,8 +181,9 @@ def run(a) -> int:
             rows.append({"model": name, **r})
         print(f"[robustness] {name}: {len(a.corrupt) * len(a.modality) * len(rates) * len(a.seeds or [1])} "
               f"evaluations")
-    paths = write_outputs(rows, Path(a.out), "model", reference)
-    print((Path(a.out) / "robustness.md").read_text())
+    out = output_folder(a.out, "robustness", "+".join(labels), a.res_save_dir or None)
+    paths = write_outputs(rows, out, "model", reference)
+    print((out / "robustness.md").read_text())
     for k, v in paths.items():
         print(f"wrote {v}")
     return 0
@@ -185,6 +196,10 @@ def main(argv=None, prog=None) -> int:
 # ---------------------------------------------------------------------- ablation runner
 def cell_args(variant, dataset: str, run_dir: Path, feature_file=None, config_file=None, config=None):
     """The args a finished ablation cell ran with (rebuilt; its weights are in run_dir)."""
+    import torch
+
+    from ..mmsa.args import RUN_KEYS, build_args
+
     cfg = dict(config or {})
     if not variant.is_kuda:
         cfg = {k: v for k, v in cfg.items() if k in RUN_KEYS}
@@ -202,6 +217,9 @@ def ablation_robustness(out: Path, dataset: str, cells, grid: dict, feature_file
     """Robustness of every finished (variant, seed) cell of an ablation, from its saved
     weights, with corruption seed = the cell's seed (every variant sees the same corruption).
     Rows already in <out>/robustness.csv are kept (resumable)."""
+    from ..mmsa.trained import tester_for
+    from ..training.robustness import evaluate_grid
+
     path = out / "robustness.csv"
     rows = read_csv(path)
     done = {(r["variant"], int(r["seed"])) for r in rows}

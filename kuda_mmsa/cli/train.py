@@ -17,17 +17,14 @@ import argparse
 
 from ..errors import KudaInputError
 from ..mmsa.datasets import canonical_name
-from ..mmsa.register import register
-from ..mmsa.run import MMSA_run
-from ..training.sweeps import make_executor
-from .common import add_flags, overrides, run_command
+from .common import Parser, add_flags, overrides, run_command
 
 DESCRIPTION = ("Train and test a model (KuDA or a stock MMSA model) with MMSA's loader, metrics, "
                "result CSVs and logs.")
 
 
 def build_parser(prog=None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    p = Parser(prog=prog, description=DESCRIPTION)
     add_flags(p, "model", "dataset", "config", dataset="sims")
     p.add_argument("-t", "--tune", action="store_true",
                    help="Whether to tune hyper parameters. Default: False")
@@ -55,6 +52,11 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
 
 
 def run(a: argparse.Namespace) -> int:
+    # imported here, not at the top: `-h` and argument errors answer without loading torch and MMSA
+    from ..mmsa.register import register
+    from ..mmsa.run import MMSA_run
+    from ..training.sweeps import make_executor
+
     register()
     config = overrides(a)
     if a.verbose == 0:

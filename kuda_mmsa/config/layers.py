@@ -277,7 +277,7 @@ def render(eff: Effective, only_changed: bool = False) -> str:
     for section in SECTIONS:
         for key in keys_of(section):
             src = eff.sources[key.name]
-            if only_changed and src == "default":
+            if only_changed and src.startswith("default"):
                 continue
             rows.append((section, key.name, _fmt(eff.values[key.name]), src))
     width = [max(len(r[i]) for r in rows + [("section", "key", "value", "source")]) for i in range(3)]

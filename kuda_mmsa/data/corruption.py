@@ -28,8 +28,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import KudaInputError
+from .kinds import KINDS
 
-KINDS = ("missing", "noise", "swap")
 MODALITY_KEYS = {"T": ("text", None), "V": ("vision", "vision_lengths"), "A": ("audio", "audio_lengths")}
 SPECIAL_IDS = 5            # [PAD] [UNK] [CLS] [SEP] [MASK] lead BERT-style vocabularies
 

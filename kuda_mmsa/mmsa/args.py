@@ -34,22 +34,10 @@ from ..errors import KudaInputError
 from ..files import default_data_root, default_knowledge_root
 from ..model.encoders import local_encoder_config
 from .datasets import ALIASES, DATASETS, STOCK_DATASETS, canonical_name, get_facts
+from .defaults import EXTRA_STOCK_MODELS, KUDA, STOCK_CLI_MODELS, check_model, model_choices  # noqa: F401
 
-KUDA = "kuda"
-STOCK_CLI_MODELS = ["lf_dnn", "ef_lstm", "tfn", "lmf", "mfn", "graph_mfn", "mult",
-                    "bert_mag", "misa", "mfm", "mlf_dnn", "mtfn", "mlmf", "self_mm", "mmim"]
-EXTRA_STOCK_MODELS = ["mctn", "tfr_net"]   # in MMSA's tables, not in its CLI choices
 RUN_KEYS = tuple(k.name for k in keys_of("run"))
 DEFAULT_SOURCE = "MMSA_run(config=...)"
-
-
-def model_choices(cli: bool = False) -> list:
-    return [KUDA] + STOCK_CLI_MODELS + ([] if cli else EXTRA_STOCK_MODELS)
-
-
-def check_model(model_name: str) -> None:
-    if model_name not in model_choices():
-        raise KudaInputError(f"Unknown model '{model_name}'. Choices: {', '.join(model_choices())}.")
 
 
 def resolve_pretrained(name):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 
-from ..data import demo_facts, ensure_demo_data
 from ..errors import KudaInputError
 
 ALIASES = {"sims2": "simsv2"}
@@ -101,6 +100,8 @@ def get_facts(name: str, generate_demo: bool = True) -> dict:
     facts = copy.deepcopy(DATASETS[key])
     facts["name"] = key
     if key == "demo" and facts["featurePath"] is None and generate_demo:
+        from ..data import demo_facts, ensure_demo_data   # here: the parsers import this table
+
         path = ensure_demo_data()
         facts.update(demo_facts(path))
         facts["featurePath"] = str(path)

@@ -25,6 +25,12 @@ def register() -> None:
     if _state["done"]:
         return
     import MMSA
+
+    # Under `python -m MMSA` the start-up hook defers MMSA's __init__ to the first read of a
+    # name it defines (kuda_mmsa/cli/hook.py): read one now, so that the patches below apply to
+    # the package as a plain `import MMSA` leaves it (a later first read would otherwise run
+    # __init__ in the middle of a run).
+    MMSA.MMSA_run  # noqa: B018
     import MMSA.config as mconfig
     import MMSA.data_loader as mloader
     import MMSA.run as mrun

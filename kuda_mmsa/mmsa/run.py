@@ -51,6 +51,7 @@ from ..training.sweeps import (Cell, EpochMonitor, Executor, InlineExecutor, Opt
 from . import patches
 from .args import KUDA, build_args, plain_args
 from .datasets import canonical_name
+from .defaults import default_workers
 
 logger = logging.getLogger("MMSA")
 DEFAULT_SEEDS = [1111, 1112, 1113, 1114, 1115]
@@ -207,7 +208,7 @@ def _train_and_test(args, dataloader, run, is_tune: bool, on_epoch) -> Dict[str,
 def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config: dict = None,
              seeds: list = None, is_tune: bool = False, tune_times: int = 50, custom_feature: str = None,
              feature_T: str = None, feature_A: str = None, feature_V: str = None, gpu_ids: list = None,
-             num_workers: int = 4, verbose_level: int = 1, model_save_dir: str = None,
+             num_workers: int = None, verbose_level: int = 1, model_save_dir: str = None,
              res_save_dir: str = None, log_dir: str = None,
              config_source: str = "MMSA_run(config=...)", executor: Optional[Executor] = None,
              tuner: str = "random", dist_backend: str = "auto") -> RunResult:
@@ -215,7 +216,9 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
     the configuration (``config_source`` names where it came from in errors). Tuning only:
     ``executor`` runs the trials (kuda_mmsa.training.sweeps; None = one after another here),
     ``tuner`` is 'random' (MMSA's search) or 'optuna'. Under torchrun: ``dist_backend``
-    (auto | nccl | gloo)."""
+    (auto | nccl | gloo). Defaults as the command line's: ``num_workers`` min(8, CPUs) (MMSA: 4,
+    which makes torch warn on smaller machines), ``gpu_ids`` the GPU with the most free memory,
+    else the CPU (MMSA: [0], a warning on a machine without a GPU)."""
     model_name, dataset_name = str(model_name).lower(), canonical_name(dataset_name)
     seeds = list(seeds or DEFAULT_SEEDS)
     bad = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2 ** 32]
@@ -224,9 +227,11 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
                              f"seeded with them); found {bad}.")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     seeds = list(dict.fromkeys(seeds))
+    if num_workers is None:
+        num_workers = default_workers()
     if not isinstance(num_workers, int) or num_workers < 0:
         raise KudaInputError(f"num_workers (-n) must be an integer >= 0; found {num_workers!r}.")
-    gpu_ids = list(gpu_ids if gpu_ids is not None else [0])
+    gpu_ids = list(gpu_ids if gpu_ids is not None else [])
     tuner = str(tuner or "random").lower()
     if tuner not in ("random", "optuna"):
         raise KudaInputError(f"tuner must be 'random' (MMSA's search) or 'optuna'; got {tuner!r}.")
@@ -274,6 +279,9 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
                         feature_V=feature_V or "", log_dir=str(dirs["log_dir"]), is_tune=bool(is_tune),
                         world_size=ctx.world_size, rank=ctx.rank)
             logger.info("======================================== Program Start ========================================")
+            note = loss_note(args)
+            if note:
+                logger.info(note)
             if ctx.distributed:
                 batch = global_batch_size(args["batch_size"], ctx.world_size, bool(args.get("per_rank_batch")))
                 for note in notes:
@@ -317,6 +325,8 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
                     run.forget_result()
             logger.info(f"Results ({model_name} on {dataset_name}, test split):\n{result.table()}")
             logger.info(f"Results saved to {result.csv} (per seed: {seeds_csv}).")
+            if ctx.is_main:
+                logger.info(describe_outputs(result, args, seeds_csv, dirs["log_dir"] / f"{model_name}-{dataset_name}.log"))
             return result
         finally:
             for h in handlers:
@@ -331,6 +341,39 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
     finally:
         if owned:
             distributed.shutdown()
+
+
+def loss_note(args) -> Optional[str]:
+    """Why KuDA's training loss may go below zero (said once per command), or None."""
+    if args.get("model_name") != KUDA or args.get("ratio_source") != "reliability":
+        return None
+    return ("Training loss = MSE + ce_weight x CE + the reliability heads' Gaussian negative log-likelihood, the mean "
+            "over modalities of (s_m - y)^2 / exp(v_m) + v_m, where v_m is the log of modality m's predicted squared "
+            "error. v_m is negative once that error is below 1, so the training loss can be negative; it is not a "
+            "sign of divergence. The validation and test Loss is the MSE alone (>= 0).")
+
+
+def describe_outputs(result: RunResult, args, seeds_csv: Path, log_file: Path) -> str:
+    """Every file this command wrote and where, for the end of the log (the files that exist:
+    stock models write no config and no curves, --no-plots no PNG)."""
+    from ..training.trainer import curves_path
+
+    lines = [f"  results (MMSA's row: mean and std x 100 over seeds): {result.csv}",
+             f"  results per seed: {seeds_csv}", f"  log: {log_file}"]
+    published = Path(args["published_save_path"])
+    if published.is_file():
+        info = weights_info_path(published)
+        lines.append(f"  weights under MMSA's name (the last finished run's; each run keeps its own below): {published}"
+                     + (f", with the config they were trained with: {info}" if info.is_file() else ""))
+    for seed, weights in zip(result.seeds, result.weights):
+        run = [f"weights {weights}"]
+        if weights_info_path(weights).is_file():
+            run.append(f"config {weights_info_path(weights)}")
+        png = curves_path(dict(args, seed=seed))
+        if png.is_file():
+            run.append(f"training curves {png}")
+        lines.append(f"  seed {seed}: " + "; ".join(run))
+    return "Outputs:\n" + "\n".join(lines)
 
 
 def _metric_names(family) -> List[str]:

@@ -5,10 +5,15 @@ The configuration comes from the JSON the trainer writes next to the weights
 there, then from ``-c`` and the command line; the data is read and validated like a run's.
 Weights are loaded with ``weights_only=True``, and a file that is not stage-2 weights (an
 interrupted run's ``.resume`` state, a stage-1 checkpoint, a corrupt file) is a clear error.
+
+The device and the numeric precision are decided as training decides them (``-g``, else the
+GPU with the most free memory, else the CPU; the config's ``precision`` on that device), so
+every command that evaluates the same weights on the same split reports the same numbers.
 """
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -21,8 +26,10 @@ from .args import build_args
 from .datasets import canonical_name
 from .loader import load_features
 from ..data import text_encoder_vocab_size
-from .patches import AMIO, ATIO
+from .patches import AMIO, ATIO, assign_gpu
 from .register import register
+
+logger = logging.getLogger("MMSA")
 
 OTHER_FORMATS = {
     RESUME_FORMAT: "the saved state of an interrupted training run (.resume), not trained weights: "
@@ -83,8 +90,10 @@ def check_finite_state(state: dict, path) -> None:
 
 
 def load_trained(weights, dataset: Optional[str] = None, config_file=None, feature_file=None,
-                 overrides: Optional[dict] = None, device="cpu"):
-    """(args, features, model in eval mode) for trained KuDA weights."""
+                 overrides: Optional[dict] = None, device=None, gpu_ids=None):
+    """(args, features, model in eval mode) for trained KuDA weights, on ``device`` (default:
+    training's choice from ``gpu_ids``: the GPU asked for, else the one with the most free
+    memory, else the CPU)."""
     info = weights_info(weights)
     if info is not None and info.get("model") not in (None, "kuda"):
         raise KudaInputError(f"{weights} holds a '{info.get('model')}' model; these commands explain KuDA.")
@@ -98,7 +107,7 @@ def load_trained(weights, dataset: Optional[str] = None, config_file=None, featu
                          custom_feature=feature_file)
     args.custom_feature = str(feature_file) if feature_file else None
     args.feature_T = args.feature_A = args.feature_V = ""
-    args.device = torch.device(device)
+    args.device = torch.device(device) if device is not None else assign_gpu(list(gpu_ids or []))
     args.progress = False
     features = load_features(args)
     state = read_weights(weights)
@@ -106,6 +115,26 @@ def load_trained(weights, dataset: Optional[str] = None, config_file=None, featu
     load_state_checked(model, state, weights, "The weights file",
                        "the training command with the same -c / --pretrained / data", made_with=None)
     return args, features, model.to(args.device).eval()
+
+
+def evaluation_precision(args):
+    """(precision, why): the trainer's decision (kuda_mmsa.training.precision) for the config's
+    ``precision`` on ``args.device``; an evaluation in another precision gives other numbers."""
+    from ..training.precision import choose, detect
+
+    return choose(args.get("precision", "auto"), detect(args["device"]))
+
+
+def predict_split(args, model, dataset):
+    """Predictions over one split's dataset as training's test computes them: its batch size,
+    device and precision (logged)."""
+    from ..data import make_loaders
+    from ..training.evaluation import predict
+
+    precision, why = evaluation_precision(args)
+    logger.info(f"Evaluating on {args['device']} in {precision} ({why}), as training does.")
+    loader = make_loaders({"split": dataset}, int(args["batch_size"]), 0)["split"]
+    return predict(model, loader, args["device"], precision)
 
 
 def tester_for(args, features=None, model=None):

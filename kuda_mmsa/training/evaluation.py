@@ -94,3 +94,27 @@ def dominant_fraction(rows: List[Dict]) -> Optional[float]:
     """Fraction of annotated samples whose largest ratio is on the dominant modality."""
     hits = [on_dominant(r, d) for r in rows for d in [dominant_of(r.get("annotation"))] if d is not None]
     return float(sum(hits) / len(hits)) if hits else None
+
+
+def ratio_placement(rows: List[Dict]) -> Optional[Dict]:
+    """Where the largest ratio of each sample annotated 'dominant:<m>' lies, to read
+    ``dominant_fraction`` against: {'samples': how many, 'uniform': how many have no largest
+    ratio (every ratio equal), 'median': the share whose largest ratio is on the modality with
+    the median unimodal score (the middle one of T, V, A; ties count for each), and
+    'dominant_is_median': the share whose annotated dominant modality has that score}. None
+    without such annotations."""
+    annotated = [(r, d) for r in rows for d in [dominant_of(r.get("annotation"))] if d is not None]
+    if not annotated:
+        return None
+    uniform = on_median = dominant_median = 0
+    for r, d in annotated:
+        ratio = [float(r["R_T"]), float(r["R_V"]), float(r["R_A"])]
+        scores = [float(r["T"]), float(r["V"]), float(r["A"])]
+        middle = sorted(scores)[1]
+        median = {m for m in range(3) if abs(scores[m] - middle) <= 1e-9}
+        top = [m for m in range(3) if all(ratio[m] > ratio[o] + 1e-9 for o in range(3) if o != m)]
+        uniform += max(ratio) - min(ratio) <= 1e-9
+        on_median += bool(top) and top[0] in median
+        dominant_median += d in median
+    n = len(annotated)
+    return {"samples": n, "uniform": uniform, "median": on_median / n, "dominant_is_median": dominant_median / n}

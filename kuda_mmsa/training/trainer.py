@@ -50,6 +50,12 @@ logger = logging.getLogger("MMSA")
 RESULT_KEYS = tuple(k.name for k in KEYS if k.section in ("model", "train"))
 
 
+def curves_path(args) -> Path:
+    """Where a run's training-curve PNG goes: next to MMSA's log, one per seed."""
+    folder = Path(args.get("log_dir") or Path(str(args["model_save_path"])).parent)
+    return folder / f"{args['model_name']}-{args['dataset_name']}-seed{args.get('seed')}-curves.png"
+
+
 class KuDATrainer:
     def __init__(self, args):
         self.args = args
@@ -305,9 +311,7 @@ class KuDATrainer:
 
     def save_curves(self, key):
         """Training curves PNG next to MMSA's log (never fails the run)."""
-        args = self.args
-        folder = Path(args.get("log_dir") or Path(str(args["model_save_path"])).parent)
-        path = folder / f"{args['model_name']}-{args['dataset_name']}-seed{args.get('seed')}-curves.png"
+        path = curves_path(self.args)
         try:
             if plots.save_training_curves(self.history, path, key) is not None:
                 logger.info(f"Training curves: {path}")
