@@ -27,8 +27,9 @@ INSTALL_REQUIRES = [
 ]
 EXTRAS = {
     # matplotlib: the explain/curve tests check the PNGs themselves; ray and optuna: the sweep
-    # tests run the embedded Ray executor and an Optuna study (they skip without them).
-    "test": ["pytest", "expecttest", "ninja", "matplotlib", "ray", "optuna"],
+    # tests run the embedded Ray executor and an Optuna study (they skip without them);
+    # hypothesis: the property tests (tests/test_properties.py).
+    "test": ["pytest", "expecttest", "ninja", "matplotlib", "ray", "optuna", "hypothesis"],
     "plot": ["matplotlib"],
     "ray": ["ray"],              # --executor ray: sweep cells as Ray tasks
     "optuna": ["optuna"],        # --tuner optuna: TPE with pruning, study in SQLite

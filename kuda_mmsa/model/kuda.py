@@ -214,9 +214,12 @@ class KuDA(nn.Module):
         present_or_none = present if masked else None
 
         unimodal = torch.cat([scores[m] for m in MODALITIES], dim=-1)
-        estimate = self.ratio_estimator(unimodal, present) if self.ratio_estimator is not None else None
+        # The label-free ratio heads (and their losses) serve dynamic mode only: reference mode
+        # trains on the authors' loss terms alone (their heads stay in the state dict, unused).
+        heads = self.dynamic
+        estimate = self.ratio_estimator(unimodal, present) if heads and self.ratio_estimator is not None else None
         log_var = None
-        if self.reliability is not None:
+        if heads and self.reliability is not None:
             log_var = self.reliability([masked_mean(units[m], pads[m] if masked else None) for m in MODALITIES])
         if self._first_pass:
             # ratio_source 'prediction': the static-fusion prediction of the same network.

@@ -1,0 +1,299 @@
+"""Promises of the README that a deliberate break once slipped through (issue 18): each test
+here fails when its promise is broken, checked against what the test itself computes.
+
+- safe loading: every checkpoint load in the package is weights_only, the MMSA run path too;
+- stale state: a resume (stage 2) or a partial stage 1 made for other data, seed, settings,
+  world size or modality is refused;
+- padding and missing modalities: what sits at padded text positions, or anything about a
+  modality missing from every sample, never changes a prediction or the CE loss; the present
+  modalities keep the weight they have when all are present;
+- knowledge provenance: knowledge made with another text encoder is refused.
+"""
+import ast
+import copy
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_model import L_T, make_batch, make_model   # tests/ is on sys.path
+from test_trust import Payload, run_cli
+from tiny_kuda import write_tiny_config
+
+from kuda_mmsa.errors import KudaStaleStateError
+
+PACKAGE = Path(__file__).resolve().parents[1] / "kuda_mmsa"
+
+
+# ---------------------------------------------------------------------- safe loading
+def _torch_load_calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+            yield node
+
+
+def test_every_torch_load_in_the_package_is_weights_only():
+    """README: every checkpoint is loaded with torch.load(weights_only=True). Read from the
+    source, so that a load on a path no test reaches is caught too."""
+    calls = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for call in _torch_load_calls(ast.parse(path.read_text(), str(path))):
+            kw = {k.arg: k.value for k in call.keywords}
+            flag = kw.get("weights_only")
+            calls.append(f"{path.relative_to(PACKAGE)}:{call.lineno}")
+            assert isinstance(flag, ast.Constant) and flag.value is True, \
+                f"{path.relative_to(PACKAGE)}:{call.lineno} calls torch.load without weights_only=True"
+    # the two places that load: checkpoints.read_checkpoint and MMSA's run path (best weights)
+    assert any(c.startswith("training/checkpoints.py") for c in calls)
+    assert any(c.startswith("mmsa/run.py") for c in calls)
+
+
+def test_the_run_path_never_runs_code_from_the_weights_it_tests(tmp_path, tiny_demo_pickle, monkeypatch):
+    """Weights a crafted file replaced between training and testing are refused, and their
+    code never runs (MMSA's run path loads the best weights itself)."""
+    from kuda_mmsa.training import trainer
+
+    marker = tmp_path / "payload-ran"
+
+    def train_writes_a_payload(self, model, dataloader, return_epoch_results=False):
+        torch.save({"w": Payload(marker)}, self.args["model_save_path"])
+
+    monkeypatch.setattr(trainer.KuDATrainer, "do_train", train_writes_a_payload)
+    try:
+        rc = run_cli(tmp_path, feature_file=tiny_demo_pickle, config=write_tiny_config(tmp_path / "c.yaml"))
+    except Exception:     # an unpickling error escaping is a refusal too; what matters is below
+        rc = None
+    assert not marker.exists(), "unpickling the weights ran code"
+    assert rc != 0
+    assert not (tmp_path / "r" / "normal" / "demo.csv").exists()
+
+
+# ---------------------------------------------------------------------- stale state: stage 2
+@pytest.fixture
+def stage2_args(tiny_demo_pickle, tmp_path):
+    from test_training import make_kuda_args
+
+    args, _ = make_kuda_args(tiny_demo_pickle, write_tiny_config(tmp_path / "c.yaml"), tmp_path)
+    args.world_size = 1
+    return args
+
+
+# each: how a later run differs from the one that saved the state
+RUN_CHANGES = {
+    "data": lambda a: a.__setitem__("data_fingerprint", {**a["data_fingerprint"], "splits": {"train": 1}}),
+    "seed": lambda a: a.__setitem__("seed", a["seed"] + 1),
+    "world size": lambda a: a.__setitem__("world_size", 2),
+    "config": lambda a: a.__setitem__("learning_rate", a["learning_rate"] * 2),
+    "model config": lambda a: a.__setitem__("fusion_mode", "reference"),
+}
+
+
+@pytest.mark.parametrize("change", sorted(RUN_CHANGES))
+def test_stage2_resume_is_refused_after_a_change_of(change, stage2_args, monkeypatch):
+    """A resume state saved by one run is refused by a run whose data, seed, world size or
+    config differ, before any training, naming the file to delete."""
+    from kuda_mmsa.training import trainer as trainer_mod
+    from kuda_mmsa.training.checkpoints import RESUME_FORMAT, atomic_save
+
+    assert stage2_args.get("data_fingerprint"), "the loader records the data's fingerprint in args"
+    saved = trainer_mod.KuDATrainer(stage2_args)
+    resume = Path(str(stage2_args["model_save_path"]) + ".resume")
+    atomic_save({"format": RESUME_FORMAT, "fingerprint": saved.fingerprint()}, resume)
+
+    later = copy.deepcopy(stage2_args)
+    RUN_CHANGES[change](later)
+    trainer = trainer_mod.KuDATrainer(later)
+    monkeypatch.setattr(trainer, "load_knowledge", lambda *a, **k: None)
+    with pytest.raises(KudaStaleStateError, match="Delete the file") as e:
+        trainer.do_train(make_model(), {s: _NoBatches() for s in ("train", "valid", "test")})
+    assert str(resume) in str(e.value)
+    # and the same state is accepted by the run that saved it (the refusal is about the change)
+    same = trainer_mod.KuDATrainer(stage2_args)
+    assert same.fingerprint() == saved.fingerprint()
+
+
+class _NoBatches:
+    """A train loader the refusal must come before (iterating it fails the test)."""
+    generator = torch.Generator()
+    dataset = None
+
+    def __len__(self):
+        return 1
+
+    def __iter__(self):
+        raise AssertionError("training started although the resume state is stale")
+
+
+# ---------------------------------------------------------------------- stale state: stage 1
+@pytest.fixture
+def interrupted_stage1(tiny_demo_pickle, tmp_path, monkeypatch):
+    """A stage-1 job whose text branch was interrupted after epoch 1 (its .partial exists)."""
+    from test_training import make_kuda_args
+
+    from kuda_mmsa.training import stage1
+
+    cfg = write_tiny_config(tmp_path / "c.yaml", pretrain={"epochs": {"T": 2, "V": 2, "A": 2}, "batch_size": 8})
+    args, loaders = make_kuda_args(tiny_demo_pickle, cfg, tmp_path)
+    job = stage1.job_from_args(args)
+    datasets = {s: dl.dataset for s, dl in loaders().items()}
+    real, calls = stage1._evaluate, {"n": 0}
+
+    def interrupt_in_epoch_two(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(stage1, "_evaluate", interrupt_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        stage1.train_branch(job, "T", datasets)
+    monkeypatch.setattr(stage1, "_evaluate", real)
+    partial = job.paths["T"].with_name(job.paths["T"].name + ".partial")
+    assert partial.is_file()
+    return job, datasets, partial
+
+
+STAGE1_CHANGES = {
+    "data": lambda j: dataclasses.replace(j, origin={**j.origin, "data": {"splits": {"train": 1}}}),
+    "text encoder": lambda j: dataclasses.replace(j, origin={**j.origin, "encoder": {"name": "other"}}),
+    "settings": lambda j: dataclasses.replace(j, pretrain={**j.pretrain, "learning_rate": 0.5}),
+    "seed": lambda j: dataclasses.replace(j, seed=j.seed + 1, pretrain={**j.pretrain, "seed": j.seed + 1}),
+}
+
+
+@pytest.mark.parametrize("change", sorted(STAGE1_CHANGES))
+def test_stage1_partial_state_is_refused_after_a_change_of(change, interrupted_stage1, monkeypatch):
+    from kuda_mmsa.training import stage1
+
+    job, datasets, partial = interrupted_stage1
+    other = STAGE1_CHANGES[change](job)
+    monkeypatch.setattr(stage1, "build_branch", _no_training)
+    with pytest.raises(KudaStaleStateError, match="Interrupted stage-1 text state"):
+        stage1.train_branch(other, "T", datasets)
+
+
+def test_stage1_partial_state_of_another_modality_is_refused(interrupted_stage1, monkeypatch):
+    from kuda_mmsa.training import stage1
+
+    job, datasets, partial = interrupted_stage1
+    vision_partial = job.paths["V"].with_name(job.paths["V"].name + ".partial")
+    shutil.copy(partial, vision_partial)        # the text state where the vision state belongs
+    monkeypatch.setattr(stage1, "build_branch", _no_training)
+    with pytest.raises(KudaStaleStateError, match="Interrupted stage-1 vision state"):
+        stage1.train_branch(job, "V", datasets)
+
+
+def _no_training(*a, **k):
+    raise AssertionError("stage 1 went on with a stale partial state")
+
+
+# ---------------------------------------------------------------------- padding and missing modalities
+def _short_text_batch(max_len=7):
+    """make_batch with every text at most `max_len` tokens: positions >= max_len are padding
+    in every sample."""
+    inputs, labels = make_batch()
+    lengths = torch.tensor([3, 5, max_len, 4])
+    mask = (torch.arange(L_T)[None] < lengths[:, None]).float()
+    text = inputs["text"].clone()
+    text[:, 0] = text[:, 0] * mask
+    text[:, 1] = mask
+    inputs["text"] = text
+    return inputs, labels
+
+
+def test_what_sits_at_padded_text_positions_never_changes_a_prediction():
+    """The fused sequence lives on the text's time axis: its padded positions are masked in
+    every attention (the DAF cross-attention, its self-attention) and mean. Changing what the
+    alignment puts there (its rows for those positions) must change nothing."""
+    model = make_model().eval()
+    inputs, _ = _short_text_batch(max_len=7)
+    with torch.no_grad():
+        ref = model(**inputs)
+        for align in model.align.values():
+            align.time.weight[7:].normal_(0, 3.0)
+            align.time.bias[7:].normal_(0, 3.0)
+        out = model(**inputs)
+    for k in ("M", "ratio", "ce"):
+        torch.testing.assert_close(out[k], ref[k], atol=1e-5, rtol=1e-5)
+
+
+def _modality_params(model, m, i):
+    return (list(model.branches[m].parameters()) + list(model.align[m].parameters())
+            + (list(model.reliability.heads[i].parameters()) if model.reliability is not None else []))
+
+
+@pytest.mark.parametrize("missing", ["V", "A"])
+@pytest.mark.parametrize("source", ["reliability", "consensus"])
+def test_a_modality_missing_from_every_sample_changes_nothing(missing, source):
+    """README: a missing modality gets ratio 0 and is out of F0 and of the CE loss. So when it
+    is missing from every sample of a batch, nothing about it (its encoder, adapters,
+    decoder, alignment, reliability head) can change the prediction, the other ratios or
+    the CE loss."""
+    model = make_model(ratio_source=source).eval()
+    inputs, _ = make_batch()
+    key = {"V": "vision", "A": "audio"}[missing]
+    inputs[f"{key}_lengths"] = torch.zeros_like(inputs[f"{key}_lengths"])
+    others = [i for i, m in enumerate("TVA") if m != missing]
+    with torch.no_grad():
+        ref = model(**inputs)
+        for p in _modality_params(model, missing, "TVA".index(missing)):
+            p.add_(torch.randn_like(p))
+        out = model(**inputs)
+    assert torch.all(out["ratio"][:, "TVA".index(missing)] == 0)
+    torch.testing.assert_close(out["M"], ref["M"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["ratio"][:, others], ref["ratio"][:, others], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(out["ce"], ref["ce"], atol=1e-5, rtol=1e-5)
+
+
+def _capture_op_weights(monkeypatch):
+    from kuda_mmsa.model import fusion
+
+    seen = []
+    real = fusion.ops.ratio_cross_attention
+
+    def spy(q, k, v, weight, *a, **kw):
+        if weight.shape[1] == 3:        # the DAF cross-attention (the encoders' self-attention has M = 1)
+            seen.append(weight.detach().clone())
+        return real(q, k, v, weight, *a, **kw)
+
+    monkeypatch.setattr(fusion.ops, "ratio_cross_attention", spy)
+    return seen
+
+
+def test_present_modalities_keep_the_weight_they_have_when_all_are_present(monkeypatch):
+    """With equal ratios every present modality's message gets weight 1, however many are
+    present: a missing modality's absence must not amplify the others (weight = n_present x R,
+    not M x R), and the missing one gets 0."""
+    seen = _capture_op_weights(monkeypatch)
+    model = make_model(ratio_source="consensus", ratio_k=1e-9).eval()   # k ~ 0: R uniform over present
+    inputs, _ = make_batch()
+    inputs["vision_lengths"] = torch.tensor([0, 3, 0, 5])
+    inputs["audio_lengths"] = torch.tensor([4, 6, 0, 2])
+    with torch.no_grad():
+        model(**inputs)
+    expected = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    assert seen, "the DAF blocks did not call the fused op"
+    for w in seen:
+        torch.testing.assert_close(w.float(), expected)
+
+
+# ---------------------------------------------------------------------- knowledge provenance
+def test_knowledge_of_another_text_encoder_is_refused():
+    from kuda_mmsa.training.checkpoints import check_knowledge_origin
+
+    data = {"splits": {"train": {"n": 30}}}
+    ckpt = {"meta": {"data": data, "encoder": {"name": "bert-base-chinese", "vocab_size": 21128}}}
+    ok = {"data": data, "encoder": {"name": "bert-base-chinese", "vocab_size": 21128}}
+    check_knowledge_origin(ckpt, "k/text.pth", "T", ok, "kuda-mmsa pretrain")       # same origin: accepted
+    other = {"data": data, "encoder": {"name": "bert-base-uncased", "vocab_size": 30522}}
+    for allow_other_data in (False, True):    # other data may be allowed; another encoder never
+        with pytest.raises(KudaStaleStateError, match="other text encoder"):
+            check_knowledge_origin(ckpt, "k/text.pth", "T", other, "kuda-mmsa pretrain",
+                                   allow_other_data=allow_other_data)
+    with pytest.raises(KudaStaleStateError, match="other data"):
+        check_knowledge_origin(ckpt, "k/text.pth", "T", {**ok, "data": {"splits": {"train": {"n": 31}}}},
+                               "kuda-mmsa pretrain")
+    check_knowledge_origin(ckpt, "k/text.pth", "T", {**ok, "data": {"splits": {"train": {"n": 31}}}},
+                           "kuda-mmsa pretrain", allow_other_data=True)
