@@ -297,3 +297,26 @@ def test_knowledge_of_another_text_encoder_is_refused():
                                "kuda-mmsa pretrain")
     check_knowledge_origin(ckpt, "k/text.pth", "T", {**ok, "data": {"splits": {"train": {"n": 31}}}},
                            "kuda-mmsa pretrain", allow_other_data=True)
+
+
+# ---------------------------------------------------------------------- frozen knowledge
+def test_stage2_freezes_exactly_the_knowledge_that_came_from_stage1():
+    """Adapters and decoders of the modalities whose knowledge was loaded stop training; their
+    encoders, the other modalities' knowledge and the fusion keep training."""
+    from kuda_mmsa.training.transfer import freeze_knowledge
+
+    model = make_model()
+    freeze_knowledge(model, ["V", "A"])        # e.g. knowledge_text: scratch
+    for m in "TVA":
+        branch = model.branches[m]
+        knowledge = list(branch.decoder.parameters()) + list(branch.adapters.parameters())
+        assert knowledge and all(p.requires_grad == (m == "T") for p in knowledge), m
+        shared = {id(p) for p in knowledge}    # (the adapters use the encoder's output LayerNorm)
+        encoder = [p for n, p in branch.named_parameters() if n.startswith(("encoder.", "bert.", "proj"))
+                   and id(p) not in shared]
+        assert encoder and all(p.requires_grad for p in encoder), m
+    assert all(p.requires_grad for p in model.blocks.parameters())
+    model.freeze_knowledge()                   # all three (what stage 2 does by default)
+    assert not any(p.requires_grad for p in model.knowledge_parameters())
+    assert {id(p) for p in model.knowledge_parameters()} == {
+        id(p) for m in "TVA" for mod in (model.branches[m].decoder, model.branches[m].adapters) for p in mod.parameters()}

@@ -85,15 +85,19 @@ class KuDA(nn.Module):
         return self.config.fusion_mode == "dynamic"
 
     # ------------------------------------------------------------------ knowledge
-    def knowledge_parameters(self):
-        """Adapters and decoders: pre-trained in stage 1, frozen in stage 2."""
-        for branch in self.branches.values():
+    def knowledge_parameters(self, modalities=MODALITIES):
+        """Adapters and decoders of the branches in ``modalities``: pre-trained in stage 1,
+        frozen in stage 2."""
+        for m in modalities:
+            branch = self.branches[m]
             if branch.adapters is not None:
                 yield from branch.adapters.parameters()
             yield from branch.decoder.parameters()
 
-    def freeze_knowledge(self) -> None:
-        for p in self.knowledge_parameters():
+    def freeze_knowledge(self, modalities=MODALITIES) -> None:
+        """Stage 2 (the trainer, through training.transfer.freeze_knowledge): the knowledge of
+        ``modalities`` stops training; their encoders and everything else keep training."""
+        for p in self.knowledge_parameters(modalities):
             p.requires_grad_(False)
 
     # ------------------------------------------------------------------ ratio
