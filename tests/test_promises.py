@@ -80,20 +80,27 @@ def stage2_args(tiny_demo_pickle, tmp_path):
     return args
 
 
-# each: how a later run differs from the one that saved the state
+# each: how a later run differs from the one that saved the state (its args; its trainer)
 RUN_CHANGES = {
-    "data": lambda a: a.__setitem__("data_fingerprint", {**a["data_fingerprint"], "splits": {"train": 1}}),
-    "seed": lambda a: a.__setitem__("seed", a["seed"] + 1),
-    "world size": lambda a: a.__setitem__("world_size", 2),
-    "config": lambda a: a.__setitem__("learning_rate", a["learning_rate"] * 2),
-    "model config": lambda a: a.__setitem__("fusion_mode", "reference"),
+    "data": lambda a, t: a.__setitem__("data_fingerprint", {**a["data_fingerprint"], "splits": {"train": 1}}),
+    "seed": lambda a, t: a.__setitem__("seed", a["seed"] + 1),
+    "world size": lambda a, t: a.__setitem__("world_size", 2),
+    "config": lambda a, t: a.__setitem__("learning_rate", a["learning_rate"] * 2),
+    "model config": lambda a, t: a.__setitem__("fusion_mode", "reference"),
+    "model": lambda a, t: a.__setitem__("model_name", "kuda_v2"),
+    "dataset": lambda a, t: a.__setitem__("dataset_name", "sims"),
+    "KeyEval": lambda a, t: a.__setitem__("KeyEval", "MAE"),
+    "precision": lambda a, t: setattr(t, "precision", "fp32" if t.precision != "fp32" else "bf16"),
+    "knowledge": lambda a, t: setattr(t, "knowledge", {"T": "another stage-1 checkpoint"}),
+    "version": "version",
 }
 
 
 @pytest.mark.parametrize("change", sorted(RUN_CHANGES))
 def test_stage2_resume_is_refused_after_a_change_of(change, stage2_args, monkeypatch):
-    """A resume state saved by one run is refused by a run whose data, seed, world size or
-    config differ, before any training, naming the file to delete."""
+    """A resume state saved by one run is refused by a run whose data, seed, world size,
+    config, stage-1 knowledge, precision or package version differ (the README's list),
+    before any training, naming the file to delete."""
     from kuda_mmsa.training import trainer as trainer_mod
     from kuda_mmsa.training.checkpoints import RESUME_FORMAT, atomic_save
 
@@ -103,8 +110,11 @@ def test_stage2_resume_is_refused_after_a_change_of(change, stage2_args, monkeyp
     atomic_save({"format": RESUME_FORMAT, "fingerprint": saved.fingerprint()}, resume)
 
     later = copy.deepcopy(stage2_args)
-    RUN_CHANGES[change](later)
     trainer = trainer_mod.KuDATrainer(later)
+    if change == "version":
+        monkeypatch.setattr(trainer_mod, "__version__", trainer_mod.__version__ + ".1")
+    else:
+        RUN_CHANGES[change](later, trainer)
     monkeypatch.setattr(trainer, "load_knowledge", lambda *a, **k: None)
     with pytest.raises(KudaStaleStateError, match="Delete the file") as e:
         trainer.do_train(make_model(), {s: _NoBatches() for s in ("train", "valid", "test")})
