@@ -474,6 +474,9 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--time-cap", type=float, default=None, help="seconds; no new mutant starts after this")
     p.add_argument("--timeout-factor", type=float, default=3.0, help="mutant timeout = factor x tests' time + 30 s")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of (unmutated) test time per mutant: only the fastest covering tests that fit "
+                        "run; the score is then a lower bound")
     p.add_argument("--ops", default=None, help="comma-separated operator names to keep (prefix match)")
     p.add_argument("--lines", default=None, help="only mutants on these lines, e.g. 100-180,200")
     p.add_argument("--report", default=None, help="write every mutant's result as JSON here")
@@ -510,8 +513,14 @@ def main(argv=None) -> int:
     logs = base / "logs"
     logs.mkdir()
     results: List[dict] = []
+    workers: List[Worker] = []
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
-        workers = [Worker(i, base) for i in range(max(1, args.workers))]
+        workers += [Worker(i, base) for i in range(max(1, args.workers))]
         # 1. coverage run per module: which tests execute which line, and how long each takes
         coverage: Dict[str, dict] = {}
 
@@ -553,6 +562,14 @@ def main(argv=None) -> int:
                     cost = sum(cov["durations"].values())
                 else:
                     tests = sorted(seen, key=lambda t: cov["durations"].get(t, 0.0))
+                    if args.budget is not None:   # the fastest covering tests that fit (at least one)
+                        kept, total = [], 0.0
+                        for t in tests:
+                            if kept and total + cov["durations"].get(t, 0.0) > args.budget:
+                                break
+                            kept.append(t)
+                            total += cov["durations"].get(t, 0.0)
+                        tests = kept
                     cost = sum(cov["durations"].get(t, 0.0) for t in tests)
                 jobs.append({"name": f"m{len(jobs)}", "module": m, "mutant": x, "row": row, "tests": tests,
                              "timeout": args.timeout_factor * cost + 30})
@@ -567,6 +584,13 @@ def main(argv=None) -> int:
         print(f"[{time.monotonic() - started:6.0f}s] running {len(jobs)} mutants on {len(workers)} workers", flush=True)
         run_jobs(workers, jobs, logs, deadline, mutant_done)
     finally:
+        for w in workers:           # a stopped run leaves no child behind
+            if w.pid is not None:
+                try:
+                    os.killpg(w.pid, signal.SIGKILL)
+                    os.waitpid(w.pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
         shutil.rmtree(base, ignore_errors=True)
 
     # 3. report
