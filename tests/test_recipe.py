@@ -316,3 +316,20 @@ def test_the_authors_padding_averages_over_padded_steps(over):
     noisy["audio"][pad] = 5.0
     with torch.no_grad():
         assert (model(**noisy)["M"] - model(**inputs)["M"]).abs().max() > 1e-4
+
+
+def test_the_ratio_heads_losses_are_their_definitions():
+    """Dynamic mode's auxiliary losses: reliability heads, the Gaussian NLL of each present
+    modality's squared error, mean over present (sample, modality) pairs; the estimate
+    source, the MSE of its estimate against the label."""
+    inputs, labels = make_batch()
+    inputs["audio_lengths"] = torch.tensor([0, 4, 0, 9])              # two samples without audio
+    model = make_model(ratio_source="reliability").train()
+    out = model(**inputs, labels=labels)
+    scores = torch.cat([out[m] for m in "TVA"], -1).detach()
+    v, present = out["log_var"], out["present"]
+    terms = (scores - labels) ** 2 * torch.exp(-v) + v
+    torch.testing.assert_close(out["aux"], terms[present].mean())
+    est = make_model(ratio_source="estimate").train()
+    out = est(**inputs, labels=labels)
+    torch.testing.assert_close(out["aux"], ((out["estimate"] - labels) ** 2).mean())

@@ -480,6 +480,8 @@ def main(argv=None) -> int:
     p.add_argument("--ops", default=None, help="comma-separated operator names to keep (prefix match)")
     p.add_argument("--lines", default=None, help="only mutants on these lines, e.g. 100-180,200")
     p.add_argument("--report", default=None, help="write every mutant's result as JSON here")
+    p.add_argument("--survivors-of", default=None, metavar="REPORT",
+                   help="run only the mutants that survived (or had no coverage) in an earlier --report")
     p.add_argument("--fail-under", type=float, default=None, help="exit 1 when a module's score is below this %%")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = p.parse_args(argv)
@@ -497,6 +499,11 @@ def main(argv=None) -> int:
             lo, _, hi = part.partition("-")
             wanted.update(range(int(lo), int(hi or lo) + 1))
         mutants = {m: [x for x in ms if x.line in wanted] for m, ms in mutants.items()}
+    if args.survivors_of:
+        earlier = json.loads(Path(args.survivors_of).read_text())
+        again = {r["id"] for r in earlier if r["status"] in ("survived", "no coverage")}
+        mutants = {m: [x for x in ms if x.id in again] for m, ms in mutants.items()}
+        modules = [m for m in modules if mutants[m]]
     if args.list:
         for m, ms in mutants.items():
             for x in ms:
