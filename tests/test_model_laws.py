@@ -25,12 +25,12 @@ def test_without_lengths_every_vision_and_audio_step_is_valid():
     """MMSA's aligned data has no lengths: vision and audio are then present, every step
     counting (the same as lengths equal to the padded length)."""
     model = make_model().eval()
-    inputs, _ = make_batch(b=3)
-    full = dict(inputs, audio_lengths=torch.full((3,), L_A), vision_lengths=torch.full((3,), L_V))
+    inputs, _ = make_batch(b=2)          # (not 3: the text tensor's second dim is 3)
+    full = dict(inputs, audio_lengths=torch.full((2,), L_A), vision_lengths=torch.full((2,), L_V))
     bare = {k: v for k, v in inputs.items() if not k.endswith("_lengths")}
     with torch.no_grad():
         a, b = model(**bare), model(**full)
-    assert b["present"].all() and a["present"].all() and a["present"].shape == (3, 3)
+    assert b["present"].all() and a["present"].all() and a["present"].shape == (2, 3)
     torch.testing.assert_close(a["M"], b["M"])
 
 
@@ -46,7 +46,7 @@ def test_what_a_missing_modality_holds_changes_nothing():
     noisy["audio"][[1, 2]] = torch.randn(2, L_A, noisy["audio"].shape[-1]) * 10
     with torch.no_grad():
         a, b = model(**inputs), model(**noisy)
-    for k in ("M", "ratio", "T"):
+    for k in ("M", "ratio", "T", "V", "A"):      # its own unimodal score included
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-5)
 
 
@@ -84,8 +84,19 @@ def test_modality_dropout_makes_the_dropped_modality_exactly_missing(monkeypatch
     with torch.no_grad():
         ref = model.eval()(**absent)       # no other dropout here: training = evaluation
     torch.testing.assert_close(ref["present"], out["present"])
-    for k in ("M", "ratio"):
+    for k in ("M", "ratio", "T", "V", "A"):
         torch.testing.assert_close(out[k].detach(), ref[k], atol=1e-5, rtol=1e-5)
+
+
+def test_modality_dropout_without_lengths():
+    """Aligned data (no lengths): a dropped vision or audio gets length 0 like any missing one."""
+    model = make_model(modality_dropout=0.5, ratio_source="consensus").train()
+    inputs, labels = make_batch(b=2, seed=5)
+    bare = {k: v for k, v in inputs.items() if not k.endswith("_lengths")}
+    torch.manual_seed(2)
+    out = model(**bare, labels=labels)
+    assert out["present"].shape == (2, 3) and out["present"].any(-1).all()
+    assert torch.all(out["ratio"][~out["present"]] == 0)
 
 
 # ---------------------------------------------------------------------- the ratio

@@ -103,8 +103,8 @@ def test_padding_never_changes_a_prediction(b, seed, source):
         torch.testing.assert_close(out[k], ref[k], atol=1e-5, rtol=1e-5)
 
 
-@settings(max_examples=12, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=SEEDS, source=st.sampled_from(["reliability", "consensus"]),
+@settings(max_examples=16, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=SEEDS, source=st.sampled_from(["reliability", "consensus", "estimate", "prediction"]),
        presence=st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=4))
 def test_a_missing_modality_behaves_exactly_as_if_absent(seed, source, presence, monkeypatch):
     """Per sample, V and A present or not at random (T always). A sample's prediction and
@@ -149,6 +149,8 @@ def test_a_missing_modality_behaves_exactly_as_if_absent(seed, source, presence,
             out = changed(**inputs)
         torch.testing.assert_close(out["M"][lacking], ref["M"][lacking], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out["ratio"][lacking], ref["ratio"][lacking], atol=1e-6, rtol=1e-6)
+        if "estimate" in ref:        # the label-free target ignores it too
+            torch.testing.assert_close(out["estimate"][lacking], ref["estimate"][lacking], atol=1e-5, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------- the CE loss

@@ -254,6 +254,8 @@ def test_dropout_acts_where_each_mode_says(mode):
     block = model.blocks[0]
     x = torch.randn(4, 12, block.ff_norm.normalized_shape[0])
     ff_varies = not torch.equal(block.ff(x), block.ff(x))
+    sources, w = [torch.randn_like(x) for _ in range(3)], torch.ones(4, 3)
+    assert not torch.equal(block.cross(x, sources, w, None)[0], block.cross(x, sources, w, None)[0])  # it drops
     attn = [mod for name, mod in model.named_modules()
             if name.startswith(("branches.V.encoder", "branches.A.adapters")) and hasattr(mod, "attn_dropout")]
     assert attn, "no self-attention found in the vision encoder and audio adapters"

@@ -499,11 +499,19 @@ def main(argv=None) -> int:
             lo, _, hi = part.partition("-")
             wanted.update(range(int(lo), int(hi or lo) + 1))
         mutants = {m: [x for x in ms if x.line in wanted] for m, ms in mutants.items()}
+    import hashlib
+
+    digests = {m: hashlib.sha1((ROOT / m).read_bytes()).hexdigest()[:12] for m in modules}
+    kept: List[dict] = []       # an earlier report's results that still hold (--survivors-of)
     if args.survivors_of:
-        earlier = json.loads(Path(args.survivors_of).read_text())
-        again = {r["id"] for r in earlier if r["status"] in ("survived", "no coverage")}
+        earlier = [r for r in json.loads(Path(args.survivors_of).read_text()) if r["module"] in modules]
+        stale = sorted({r["module"] for r in earlier if r.get("sha") != digests[r["module"]]})
+        if stale:
+            raise SystemExit(f"mutate: {stale} changed since {args.survivors_of}: run them whole")
+        again = {r["id"] for r in earlier if r["status"] in ("survived", "no coverage", "equivalent")}
+        kept = [r for r in earlier if r["id"] not in again]
         mutants = {m: [x for x in ms if x.id in again] for m, ms in mutants.items()}
-        modules = [m for m in modules if mutants[m]]
+        modules = [m for m in modules if mutants[m] or any(r["module"] == m for r in kept)]
     if args.list:
         for m, ms in mutants.items():
             for x in ms:
@@ -519,7 +527,7 @@ def main(argv=None) -> int:
     base = Path(tempfile.mkdtemp(prefix="kuda-mutate-"))
     logs = base / "logs"
     logs.mkdir()
-    results: List[dict] = []
+    results: List[dict] = list(kept)
     workers: List[Worker] = []
 
     def stop(signum, frame):
@@ -554,7 +562,7 @@ def main(argv=None) -> int:
             lines = cov["lines"]
             for x in mutants[m]:
                 row = {"id": x.id, "module": m, "op": x.op, "line": x.line, "source": x.source_line.strip(),
-                       "before": x.before, "after": x.after}
+                       "before": x.before, "after": x.after, "sha": digests[m]}
                 if x.key() in equivalent:
                     results.append({**row, "status": "equivalent", "reason": equivalent[x.key()]})
                     continue

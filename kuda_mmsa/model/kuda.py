@@ -226,8 +226,10 @@ class KuDA(nn.Module):
         if heads and self.reliability is not None:
             log_var = self.reliability([masked_mean(units[m], pads[m] if masked else None) for m in MODALITIES])
         if self._first_pass:
-            # ratio_source 'prediction': the static-fusion prediction of the same network.
-            estimate = self._predict(sources, unimodal.new_ones(unimodal.shape), text_pad, None, present_or_none)[0]
+            # ratio_source 'prediction': the static-fusion prediction of the same network, every
+            # present modality weighted 1 and a missing one 0 (as in the main pass: a missing
+            # modality must not steer the others' ratios through this target).
+            estimate = self._predict(sources, present.to(unimodal.dtype), text_pad, None, present_or_none)[0]
         weight, reference_ratio, ratio = self._ratio(unimodal, labels, estimate, log_var, present)
         prediction, fused = self._predict(sources, weight, text_pad, reference_ratio, present_or_none)
         ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused, present_or_none)
