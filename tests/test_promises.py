@@ -330,3 +330,99 @@ def test_stage2_freezes_exactly_the_knowledge_that_came_from_stage1():
     assert not any(p.requires_grad for p in model.knowledge_parameters())
     assert {id(p) for p in model.knowledge_parameters()} == {
         id(p) for m in "TVA" for mod in (model.branches[m].decoder, model.branches[m].adapters) for p in mod.parameters()}
+
+
+# ---------------------------------------------------------------------- what a refusal names
+def test_a_refusal_names_every_key_that_differs():
+    """README: a stale state is refused 'naming the keys that differ' (nested keys dotted,
+    added and removed keys too, at most six shown with how many more)."""
+    from kuda_mmsa.training.checkpoints import describe_differences, differences
+
+    old = {"seed": 1, "config": {"lr": 0.1, "dropout": 0.2}, "gone": 1, "data": {"splits": {"train": 30}}}
+    new = {"seed": 2, "config": {"lr": 0.1, "dropout": 0.3, "added": True}, "data": {"splits": {"train": 31}}}
+    assert differences(old, new) == ["config.added", "config.dropout", "data.splits.train", "gone", "seed"]
+    assert differences(old, old) == [] and differences(1, 2) == ["(value)"]
+    text = describe_differences(old, new)
+    assert "seed: 1 -> 2" in text and "config.dropout: 0.2 -> 0.3" in text
+    assert "gone: 1 -> '<absent>'" in text and "config.added: '<absent>' -> True" in text
+    many_old = {f"k{i}": i for i in range(9)}
+    many_new = {f"k{i}": i + 1 for i in range(9)}
+    text = describe_differences(many_old, many_new)
+    assert text.count("->") == 6 and text.endswith("and 3 more")
+    assert describe_differences({"k": list(range(40))}, {"k": list(range(41))}) == "k: '<...>' -> '<...>'"
+    assert describe_differences({"k": [1, 2]}, {"k": [1, 3]}) == "k: [1, 2] -> [1, 3]"
+
+
+def test_a_state_dict_snapshot_does_not_follow_later_training():
+    """The best weights kept in memory (stage 1's best epoch) are a copy, not the live tensors."""
+    from kuda_mmsa.training.checkpoints import cpu_state_dict
+
+    layer = torch.nn.Linear(3, 2)
+    snap = cpu_state_dict(layer)
+    before = snap["weight"].clone()
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    assert torch.equal(snap["weight"], before)
+
+
+# ---------------------------------------------------------------------- knowledge files
+def test_knowledge_folder_names_are_stable_and_folder_safe(tmp_path):
+    """<knowledge-dir>/<dataset>/<text encoder>/<settings id>/: the encoder's folder name, and
+    a settings id that does not depend on key order and keeps its value across versions
+    (knowledge from earlier runs is found again)."""
+    from kuda_mmsa.training.checkpoints import encoder_tag, knowledge_paths, settings_id
+
+    local = tmp_path / "models" / "bert-base-chinese"
+    local.mkdir(parents=True)
+    assert encoder_tag(str(local)) == encoder_tag(str(local) + "/") == "bert-base-chinese"
+    assert encoder_tag("hfl/chinese roberta") == "hfl_chinese_roberta"      # a hub name: no folder
+    assert encoder_tag("???") == "_" and encoder_tag("") == "text-encoder"
+
+    class Config:
+        name_or_path = "bert-base-uncased"
+
+    assert encoder_tag(Config()) == "bert-base-uncased"
+    a = {"pretrain": {"epochs": 3, "seed": 1111}, "masked": True}
+    b = {"masked": True, "pretrain": {"seed": 1111, "epochs": 3}}
+    assert settings_id(a) == settings_id(b) == "670e0f4c20"     # the id version 0.3.0 gave
+    assert settings_id({**a, "masked": False}) != settings_id(a)
+    paths = knowledge_paths(tmp_path / "k", "sims2", str(local), a)
+    assert paths["V"] == tmp_path / "k" / "sims2" / "bert-base-chinese" / "670e0f4c20" / "vision.pth"
+
+
+def test_a_file_that_is_not_knowledge_is_refused_as_knowledge(tmp_path):
+    from kuda_mmsa.errors import KudaCheckpointError
+    from kuda_mmsa.training.checkpoints import KNOWLEDGE_FORMAT, RESUME_FORMAT, read_checkpoint, read_knowledge
+
+    for content, words in (({"format": RESUME_FORMAT, "modality": "T"}, "not a kuda_mmsa knowledge"),
+                           ([1, 2], "not a kuda_mmsa knowledge"),
+                           ({"format": KNOWLEDGE_FORMAT, "modality": "V"}, "holds modality 'V'")):
+        path = tmp_path / "text.pth"
+        torch.save(content, path)
+        with pytest.raises(KudaCheckpointError, match=words):
+            read_knowledge(path, "T", "kuda-mmsa pretrain")
+    assert read_checkpoint(str(path), "a checkpoint")["modality"] == "V"        # a str path is fine
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_refused_naming_the_mismatch():
+    from kuda_mmsa.errors import KudaCheckpointError
+    from kuda_mmsa.training.checkpoints import load_state_checked
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    good = {k: torch.ones_like(v) for k, v in model.state_dict().items()}
+    shapes = dict(good, **{"0.weight": torch.zeros(2, 4), "1.weight": torch.zeros(1, 3)})
+    with pytest.raises(KudaCheckpointError, match=r"2 tensor\(s\) of another shape, e.g. 0.weight: checkpoint "
+                                                  r"\(2, 4\), model \(2, 3\)\. It was made with \{'uid': 'u1'\}"):
+        load_state_checked(model, shapes, "k/text.pth", "Stage-1 text checkpoint", "cmd", made_with={"uid": "u1"})
+    missing = {k: v for k, v in good.items() if k != "1.bias"}
+    with pytest.raises(KudaCheckpointError, match=r"1 missing key\(s\), e.g. 1.bias\. The data") as e:
+        load_state_checked(model, missing, "k/text.pth", "Stage-1 text checkpoint", "cmd")
+    assert "made with" not in str(e.value)
+    with pytest.raises(KudaCheckpointError, match=r"1 unexpected key\(s\), e.g. 2.weight"):
+        load_state_checked(model, dict(good, **{"2.weight": torch.zeros(1)}), "p", "W", "cmd")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    load_state_checked(model, missing, "p", "W", "cmd", strict=False)       # transfer: partial loads
+    assert torch.equal(model.state_dict()["1.bias"], before["1.bias"])
+    assert torch.equal(model.state_dict()["0.weight"], torch.ones(2, 3))
+    load_state_checked(model, good, "p", "W", "cmd")
+    assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
