@@ -335,3 +335,86 @@ def test_the_ratio_heads_losses_are_their_definitions():
     est = make_model(ratio_source="estimate").train()
     out = est(**inputs, labels=labels)
     torch.testing.assert_close(out["aux"], ((out["estimate"] - labels) ** 2).mean())
+
+
+def test_a_higher_is_better_key_selects_its_maximum(probe_run, monkeypatch):
+    from kuda_mmsa.training.trainer import KuDATrainer
+
+    script = [0.2, 0.6, 0.5, 0.4, 0.3]
+    seen = []
+
+    def scripted(self, model, dataloader, mode="VAL", return_sample_results=False):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"Corr": script[len(seen) - 1], "Loss": 0.0}
+
+    monkeypatch.setattr(KuDATrainer, "do_test", scripted)
+    probe, steps, args = probe_run(epochs=5, early_stop=3, KeyEval="Corr")
+    assert len(seen) == 5
+    saved = torch.load(args["model_save_path"], weights_only=True)
+    assert all(torch.equal(v, seen[1][k]) for k, v in saved.items())
+
+
+def test_no_finite_validation_value_means_no_weights_and_a_clear_error(probe_run, monkeypatch):
+    from kuda_mmsa.training.trainer import KuDATrainer
+
+    monkeypatch.setattr(KuDATrainer, "do_test", lambda self, *a, **k: {"Loss": float("nan")})
+    with pytest.raises(KudaTrainingError, match="No epoch gave a finite validation Loss"):
+        probe_run(epochs=2, early_stop=5)
+
+
+def test_epoch_results_are_returned_per_epoch_for_mmsa(probe_run, monkeypatch, tiny_demo_pickle, tmp_path):
+    """MMSA's trainer protocol: do_train(..., return_epoch_results=True) gives each epoch's
+    train, valid and test results."""
+    from test_training import make_kuda_args
+
+    from kuda_mmsa.training.trainer import KuDATrainer
+
+    cfg = write_tiny_config(tmp_path / "e.yaml", use_knowledge=False, precision="fp32", plots=False, epochs=3,
+                            early_stop=10)
+    args, loaders = make_kuda_args(tiny_demo_pickle, cfg, tmp_path)
+    results = KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders(), return_epoch_results=True)
+    assert set(results) == {"train", "valid", "test"}
+    assert all(len(results[s]) == 3 for s in results)
+    assert all("MAE" in r and "Loss" in r for s in results for r in results[s])
+
+
+def test_stage2_trains_on_the_loaded_knowledge_and_keeps_it_frozen(tiny_demo_pickle, tmp_path):
+    """do_train loads the stage-1 checkpoints into the model (running stage 1 when missing)
+    and trains everything else: adapters and decoders end equal to the checkpoints'."""
+    from test_training import make_kuda_args
+
+    from kuda_mmsa.model import build_kuda
+    from kuda_mmsa.training.trainer import KuDATrainer
+
+    cfg = write_tiny_config(tmp_path / "k.yaml", plots=False, epochs=1, precision="fp32")
+    args, loaders = make_kuda_args(tiny_demo_pickle, cfg, tmp_path)
+    torch.manual_seed(0)
+    model = build_kuda(args)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = KuDATrainer(args)
+    trainer.do_train(model, loaders())
+    assert set(trainer.knowledge) == {"T", "V", "A"}
+    folder = next((tmp_path / "knowledge" / "demo").glob("*/*"))
+    for m, name in (("T", "text"), ("V", "vision"), ("A", "audio")):
+        ckpt = torch.load(folder / f"{name}.pth", weights_only=True)["state_dict"]
+        knowledge = [k for k in ckpt if k.startswith(("decoder.", "adapters."))]
+        assert knowledge
+        for k in knowledge:
+            assert torch.equal(model.branches[m].state_dict()[k], ckpt[k]), (m, k)
+    moved = [k for k, v in model.state_dict().items() if k.startswith("blocks.") and not torch.equal(v, start[k])]
+    assert moved, "the fusion did not train"
+
+
+@pytest.mark.parametrize("family", ["MOSI", "SIMS"])
+def test_the_trainer_reports_the_datasets_own_mmsa_metrics(family, tiny_demo_pickle, tmp_path):
+    from MMSA.utils import MetricsTop
+    from test_training import make_kuda_args
+
+    from kuda_mmsa.training.trainer import KuDATrainer
+
+    args, _ = make_kuda_args(tiny_demo_pickle, write_tiny_config(tmp_path / "m.yaml"), tmp_path)
+    args.metrics_name = family
+    pred, true = torch.linspace(-1, 1, 12).view(-1, 1), torch.linspace(-0.8, 0.9, 12).flip(0).view(-1, 1)
+    want = MetricsTop("regression").getMetics(family)(pred, true)
+    got = KuDATrainer(args).metrics(pred, true)
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(float(want[k])) for k in want)
