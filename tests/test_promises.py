@@ -426,3 +426,21 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused_naming_the_mismatch
     assert torch.equal(model.state_dict()["0.weight"], torch.ones(2, 3))
     load_state_checked(model, good, "p", "W", "cmd")
     assert all(torch.equal(v, good[k]) for k, v in model.state_dict().items())
+
+
+def test_knowledge_from_another_dataset_needs_its_feature_file():
+    from kuda_mmsa.errors import KudaInputError
+    from kuda_mmsa.training.transfer import is_cross_dataset, knowledge_modalities, source_info
+
+    for info in (None, {}, {"dataset": "sims2"}, {"dataset": "sims2", "feature_file": ""}):
+        with pytest.raises(KudaInputError, match="--knowledge-feature-file"):
+            source_info({"knowledge_from": "sims2", "knowledge_source": info})
+    ok = {"dataset": "sims2", "feature_file": "/d/unaligned.pkl"}
+    assert source_info({"knowledge_source": ok}) == ok
+    assert is_cross_dataset({"knowledge_from": "sims2", "dataset_name": "mosi"})
+    assert not is_cross_dataset({"knowledge_from": "mosi", "dataset_name": "mosi"})
+    assert not is_cross_dataset({"knowledge_from": None, "dataset_name": "mosi"})
+    cross = {"knowledge_from": "sims2", "dataset_name": "mosi", "use_knowledge": True}
+    assert knowledge_modalities({**cross, "knowledge_text": "scratch"}) == ("V", "A")
+    assert knowledge_modalities({**cross, "knowledge_text": "own"}) == ("T", "V", "A")
+    assert knowledge_modalities({**cross, "use_knowledge": False}) == ()

@@ -504,13 +504,19 @@ def main(argv=None) -> int:
     digests = {m: hashlib.sha1((ROOT / m).read_bytes()).hexdigest()[:12] for m in modules}
     kept: List[dict] = []       # an earlier report's results that still hold (--survivors-of)
     if args.survivors_of:
+        # modules in the earlier report: only its survivors run again, its other results are
+        # kept (the module must be unchanged); modules not in it run whole
         earlier = [r for r in json.loads(Path(args.survivors_of).read_text()) if r["module"] in modules]
-        stale = sorted({r["module"] for r in earlier if r.get("sha") != digests[r["module"]]})
+        stale = sorted({r["module"] for r in earlier if r.get("sha", digests[r["module"]]) != digests[r["module"]]})
         if stale:
             raise SystemExit(f"mutate: {stale} changed since {args.survivors_of}: run them whole")
+        if any("sha" not in r for r in earlier):
+            print(f"mutate: warning: {args.survivors_of} has no source hashes: its modules are assumed unchanged",
+                  file=sys.stderr)
         again = {r["id"] for r in earlier if r["status"] in ("survived", "no coverage", "equivalent")}
         kept = [r for r in earlier if r["id"] not in again]
-        mutants = {m: [x for x in ms if x.id in again] for m, ms in mutants.items()}
+        reported = {r["module"] for r in earlier}
+        mutants = {m: [x for x in ms if m not in reported or x.id in again] for m, ms in mutants.items()}
         modules = [m for m in modules if mutants[m] or any(r["module"] == m for r in kept)]
     if args.list:
         for m, ms in mutants.items():
@@ -597,7 +603,11 @@ def main(argv=None) -> int:
                 print(f"  survived {row['id']}: {row['before']!r} -> {row['after']!r}", flush=True)
 
         print(f"[{time.monotonic() - started:6.0f}s] running {len(jobs)} mutants on {len(workers)} workers", flush=True)
-        run_jobs(workers, jobs, logs, deadline, mutant_done)
+        try:
+            run_jobs(workers, jobs, logs, deadline, mutant_done)
+        except KeyboardInterrupt:       # stopped: report what ran, the rest as not run
+            done = {r["id"] for r in results}
+            results.extend({**j["row"], "status": "not run (stopped)"} for j in jobs if j["row"]["id"] not in done)
     finally:
         for w in workers:           # a stopped run leaves no child behind
             if w.pid is not None:
