@@ -477,6 +477,7 @@ def main(argv=None) -> int:
     p.add_argument("--budget", type=float, default=None,
                    help="seconds of (unmutated) test time per mutant: only the fastest covering tests that fit "
                         "run; the score is then a lower bound")
+    p.add_argument("--tests", default=None, help="comma-separated test files or ids to use instead of the mapped ones")
     p.add_argument("--ops", default=None, help="comma-separated operator names to keep (prefix match)")
     p.add_argument("--lines", default=None, help="only mutants on these lines, e.g. 100-180,200")
     p.add_argument("--report", default=None, help="write every mutant's result as JSON here")
@@ -488,6 +489,8 @@ def main(argv=None) -> int:
 
     config = load_config()
     modules = select_modules(args.modules, config)
+    if args.tests:       # the same tests for every selected module
+        config = dict(config, tests={m: args.tests.split(",") for m in modules})
     equivalent = load_equivalent()
     mutants = {m: find_mutants(m) for m in modules}
     if args.ops:
