@@ -444,3 +444,27 @@ def test_knowledge_from_another_dataset_needs_its_feature_file():
     assert knowledge_modalities({**cross, "knowledge_text": "scratch"}) == ("V", "A")
     assert knowledge_modalities({**cross, "knowledge_text": "own"}) == ("T", "V", "A")
     assert knowledge_modalities({**cross, "use_knowledge": False}) == ()
+
+
+def test_stage1_inside_stage2_leaves_every_random_stream_where_it_was():
+    """Stage 1 run by stage 2 (auto_pretrain) must not shift stage 2's random streams:
+    torch's, numpy's and Python's, whatever stage 1 draws and seeds."""
+    import random
+
+    import numpy as np
+
+    from kuda_mmsa.training.stage1 import _seed_all, preserved_rng
+
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(5)
+    np.random.seed(5)
+    torch.manual_seed(5)
+    with preserved_rng():
+        _seed_all(1234)                       # what stage 1 does
+        first = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
+    _seed_all(1234)                           # and its seeding seeds all three
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == first
