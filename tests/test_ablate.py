@@ -87,3 +87,21 @@ def test_variant_registry_covers_the_issue():
     assert VARIANTS["kuda_no_ce"].config == {"ce_weight": 0.0}
     assert VARIANTS["kuda_estimate"].config == {"ratio_source": "estimate"}
     assert {"lf_dnn", "tfn", "self_mm"} <= {v.model for v in VARIANTS.values()}
+
+
+def test_pretrained_reaches_every_variant_that_has_a_text_encoder(tiny_demo_pickle, kuda_cache):
+    """ablate --pretrained: KuDA and the MMSA peers with a text encoder (Self-MM) get the named
+    encoder, a peer without one (LF-DNN) is not given the key (MMSA would refuse it)."""
+    from kuda_mmsa.cli.ablate import cell_config, cell_fingerprint
+    from kuda_mmsa.cli.variants import VARIANTS
+    from kuda_mmsa.data.tiny_encoders import ensure_tiny_encoder
+
+    other = ensure_tiny_encoder("roberta", kuda_cache)       # not the demo's default encoder
+    config = {"pretrained": str(other)}
+    assert cell_config(VARIANTS["self_mm"], config, "demo")["pretrained"] == str(other)
+    assert "pretrained" not in cell_config(VARIANTS["lf_dnn"], config, "demo")
+    for name in ("self_mm", "kuda"):
+        encoder = cell_fingerprint(VARIANTS[name], "demo", str(tiny_demo_pickle), config=config)["encoder"]
+        assert encoder["name"] == other.name and encoder["model_type"] == "roberta", (name, encoder)
+    default = cell_fingerprint(VARIANTS["self_mm"], "demo", str(tiny_demo_pickle))["encoder"]
+    assert default["name"] != other.name

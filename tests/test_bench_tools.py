@@ -27,11 +27,12 @@ bench_train = _load("bench_train")
 
 
 def test_parse_ours_variants():
-    assert bench_train.parse_ours("ours") == (None, None)          # the config's default
-    assert bench_train.parse_ours("ours-ckpt") == (None, "all")    # configs/cpu_fast.yaml
-    assert bench_train.parse_ours("ours-bf16") == ("bf16", None)
-    assert bench_train.parse_ours("ours-fp32-nockpt") == ("fp32", "none")
-    assert bench_train.parse_ours("ours-seqckpt") == (None, "sequences")
+    assert bench_train.parse_ours("ours") == (None, None, "auto")          # the config's default
+    assert bench_train.parse_ours("ours-ckpt") == (None, "all", "auto")    # configs/cpu_fast.yaml
+    assert bench_train.parse_ours("ours-bf16") == ("bf16", None, "auto")
+    assert bench_train.parse_ours("ours-fp32-nockpt") == ("fp32", "none", "auto")
+    assert bench_train.parse_ours("ours-seqckpt") == (None, "sequences", "auto")
+    assert bench_train.parse_ours("ours-eager-bf16") == ("bf16", None, "off")   # cuda_graphs: off
 
 
 def test_cpu_info_reads_model_and_flags(monkeypatch):

@@ -138,7 +138,9 @@ def test_two_gloo_ranks_equal_one_process_and_write_once(ddp, tmp_path):
     assert out.count("running stage 1 now") == 1             # stage 1 once, on rank 0
     two = ddp["two"]
     assert len(_rows(two)) == 1
-    assert sorted(p.name for p in (two / "m").iterdir()) == ["kuda-demo.pth", "kuda-demo.pth.json"]
+    assert sorted(p.name for p in (two / "m").iterdir()) == ["kuda-demo.pth", "kuda-demo.pth.json", "runs"]
+    own = sorted(p.name for p in (two / "m" / "runs").iterdir() if not p.name.startswith("."))  # one run, rank 0's
+    assert len(own) == 2 and own[0].startswith("kuda-demo-seed1111-") and own[1] == own[0] + ".json"
     assert [p.name for p in (two / "l").iterdir()] == ["kuda-demo.log"]
     assert json.loads((two / "m" / "kuda-demo.pth.json").read_text())["epoch"] == 2
 
@@ -169,14 +171,15 @@ def test_a_killed_rank_is_reported_and_the_run_resumes_to_the_same_result(ddp):
     text = killed.stdout + killed.stderr
     assert killed.returncode != 0
     assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", text) and "SIGKILL" in text, text[-3000:]
-    assert (out / "m" / "kuda-demo.pth.resume").is_file()       # epoch 1, written by rank 0
+    [resume] = (out / "m" / "runs").glob("*.pth.resume")       # epoch 1, written by rank 0
+    assert resume.name.startswith("kuda-demo-seed1111-")
     assert not (out / "r" / "normal" / "demo.csv").exists()
 
     resumed = ddp["torchrun"](out)
     text = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, text[-4000:]
     assert "Resuming stage 2 after epoch 1" in text
-    assert len(_rows(out)) == 1 and not (out / "m" / "kuda-demo.pth.resume").exists()
+    assert len(_rows(out)) == 1 and not resume.exists()
     a = torch.load(ddp["two"] / "m" / "kuda-demo.pth", weights_only=True)
     b = torch.load(out / "m" / "kuda-demo.pth", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)             # same seed, same world size: same result

@@ -10,6 +10,12 @@ probabilities and their gradients to the input dtype before the tensor-core prod
 FlashAttention does), so it gets its own tolerances (TOL_TC):
     fp16: values 3e-3, gradients 1e-2
     bf16: values 1.5e-2, gradients 4e-2
+bf16 has an 8-bit significand: PyTorch's own bf16 computation of the same formula (the
+matmuls, the softmax and its gradient each rounded to bf16, as the tensor-core kernels round
+P and dS) can itself miss the fp32 reference by more than these bounds, e.g. 0.0625 on dq
+when many equal scores make the softmax gradient a near-cancelling sum. So for bf16 a
+kernel may also err up to twice PyTorch's own bf16 error on the same inputs (the rule of
+FlashAttention's tests); fp32 and fp16 keep the fixed bounds above.
 Every CUDA test picks the tolerances of the path that runs, so tools/gpu_check.sh runs this
 file once as is and once with KUDA_MMSA_TC=1; the tests named *_tc_* switch it on themselves.
 The CPU grid is a sampled subset (runs in seconds); the CUDA grid is larger and is
@@ -106,6 +112,30 @@ def _misaligned(t):
     return out
 
 
+def same_dtype_reference(q, k, v, w, mask, scale):
+    """The reference formula computed by PyTorch in the inputs' own dtype (no upcast)."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if mask is not None:
+        pad = mask[:, :, None, None, :]
+        dead = pad.all(-1, keepdim=True)
+        probs = torch.softmax(scores.masked_fill(pad & ~dead, float("-inf")), -1).masked_fill(dead, 0.0)
+    else:
+        probs = torch.softmax(scores, -1)
+    return torch.matmul(probs, v) * w.to(q.dtype)[:, :, None, None, None]
+
+
+def bounds(dtype, device, inputs, mask, scale, gout, ref, ref_grads):
+    """(value bound, [q, k, v, weight gradient bounds]): the fixed tolerances, and for bf16
+    at least twice PyTorch's own bf16 error (module docstring)."""
+    tv, tg = tolerances(dtype, device)
+    if dtype != torch.bfloat16:
+        return tv, [tg] * 4
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = same_dtype_reference(*leaves, mask, scale)
+    out.backward(gout)
+    return max(tv, 2 * nerr(out.detach(), ref)), [max(tg, 2 * nerr(a.grad, b)) for a, b in zip(leaves, ref_grads)]
+
+
 def check_against_reference(B, M, H, Lq, Lk, d, dtype, device, masked, seed=0, scale=None, misaligned=False):
     q, k, v, w, mask = make_inputs(B, M, H, Lq, Lk, d, dtype, device, masked, seed)
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -124,10 +154,11 @@ def check_against_reference(B, M, H, Lq, Lk, d, dtype, device, masked, seed=0, s
     rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
     ref = reference(*rleaves, mask, scale)
     ref.backward(gout.float())
+    tv, tgs = bounds(dtype, device, (q, k, v, w), mask, scale, gout, ref.detach(), [t.grad for t in rleaves])
     assert nerr(out, ref) < tv, f"values: {nerr(out, ref):.3e}"
-    for name, a, b in zip("qkvw", leaves, rleaves):
+    for name, a, b, tg in zip("qkvw", leaves, rleaves, tgs):
         e = nerr(a.grad, b.grad)
-        assert e < tg, f"grad {name}: {e:.3e}"
+        assert e < tg, f"grad {name}: {e:.3e} (bound {tg:.3e})"
     if mask is not None:  # rows of a fully padded (b, m): exact zeros, zero gradients
         dead = mask.all(-1)
         if dead.any():
@@ -189,10 +220,13 @@ def check_masked_keys_far_above_valid(device, dtype=torch.float32):
     rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
     ref = reference(*rleaves, mask, 3.0)
     ref.backward(gout.float())
-    tv, tg = (1e-5, 1e-4) if dtype == torch.float32 else tolerances(dtype, device)
+    if dtype == torch.float32:
+        tv, tgs = 1e-5, [1e-4] * 4
+    else:
+        tv, tgs = bounds(dtype, device, (q, k, v, w), mask, 3.0, gout, ref.detach(), [t.grad for t in rleaves])
     assert nerr(out, ref) < tv
-    for a, b in zip(leaves, rleaves):
-        assert nerr(a.grad, b.grad) < tg
+    for name, a, b, tg in zip("qkvw", leaves, rleaves, tgs):
+        assert nerr(a.grad, b.grad) < tg, f"grad {name}: {nerr(a.grad, b.grad):.3e} (bound {tg:.3e})"
 
 
 @needs_cpu_op
@@ -274,6 +308,44 @@ def test_fully_masked_gives_zeros_not_nan():
     assert (out == 0).all()
     for t in leaves:
         assert torch.isfinite(t.grad).all() and (t.grad == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sdpa_route_matches_reference_and_zeroes_dead_rows(dtype):
+    """attention_by_sdpa, what long key sequences on CUDA run: the reference's values and
+    gradients, and a (b, m) with every key padded gives exact zeros and zero gradients."""
+    q, k, v, w, mask = make_inputs(3, 3, 2, 9, 70, 16, torch.float32, "cpu", True, seed=21)
+    mask[1, 2] = True
+    q, k, v, w = (t.to(dtype) for t in (q, k, v, w))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    out = ops.attention_by_sdpa(*leaves, mask, 0.25)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    out.backward(gout)
+    rleaves = [t.clone().requires_grad_() for t in (q, k, v, w)]
+    ref = reference(*rleaves, mask, 0.25)
+    ref.backward(gout)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert out.dtype == dtype and nerr(out, ref) < tol
+    for a, b in zip(leaves, rleaves):
+        assert nerr(a.grad, b.grad) < 10 * tol
+    assert (out.detach()[1, 2] == 0).all() and (leaves[0].grad[1, 2] == 0).all()
+    assert leaves[3].grad[1, 2] == 0 and (leaves[1].grad[1, 2] == 0).all()
+
+
+def test_route_takes_the_kernel_on_cuda_only_where_it_was_measured_faster():
+    q, k, v, w, _ = make_inputs(1, 1, 1, 4, ops.CUDA_KERNEL_MAX_KEYS + 1, 32, torch.float32, "cpu", False)
+    assert ops.route(q, k, v, w) in ("kernel", "reference")        # CPU: never SDPA
+    if HAS_CUDA:
+        kernel = "kernel" if _op_loaded("CUDA") else "reference"
+        qc, kc, vc, wc = (t.cuda() for t in (q, k, v, w))
+        assert ops.route(qc, kc, vc, wc) == "sdpa"                 # fp32, many keys
+        short = kc[:, :, :, :ops.CUDA_KERNEL_MAX_KEYS]
+        assert ops.route(qc, short, short, wc) == kernel           # fp32, few keys
+        d16 = [t[..., :ops.CUDA_KERNEL_FP32_MAX_HEAD_DIM] for t in (qc, kc, vc)]
+        assert ops.route(*d16, wc) == kernel                       # fp32 at head dim 16
+        for half in (torch.bfloat16, torch.float16):               # fp16/bf16: always SDPA
+            assert ops.route(*(t.to(half) for t in d16), wc) == "sdpa"
+            assert ops.route(qc.to(half), short.to(half), short.to(half), wc) == "sdpa"
 
 
 @needs_cpu_op
@@ -498,9 +570,20 @@ CUDA_GRID = CUDA_GRID[:60]
 @pytest.mark.parametrize("case", CUDA_GRID, ids=lambda c: "B{}M{}H{}Lq{}Lk{}d{}{}".format(*c[:3], *c[3], c[4], "m" if c[5] else ""))
 @pytest.mark.cuda
 @needs_cuda_op
-def test_cuda_matches_reference(case, dtype):
+def test_cuda_matches_reference(case, dtype, request):
     B, M, H, (Lq, Lk), d, masked = case
+    if (case, dtype) in TC_KNOWN_INACCURATE and tc_active(dtype, "cuda"):
+        request.applymarker(pytest.mark.xfail(strict=True, reason=TC_KNOWN_INACCURATE[case, dtype]))
     check_against_reference(B, M, H, Lq, Lk, d, dtype, "cuda", masked, seed=hash(case) % 1000)
+
+
+# Known defects of the opt-in tensor-core path (KUDA_MMSA_TC=1), found on an H200. Strict:
+# the test fails as soon as the defect is fixed, so this list cannot go stale.
+TC_KNOWN_INACCURATE = {
+    ((1, 1, 8, (64, 65), 16, False), torch.bfloat16):
+        "weight gradient 0.063 from the tensor-core forward's saved output, 14x PyTorch's own bf16 error "
+        "(0.0045) on these inputs: open; the path stays opt-in and auto mode never takes it",
+}
 
 
 @pytest.mark.cuda
@@ -690,6 +773,29 @@ def test_cuda_tc_and_simt_share_saved_state(monkeypatch):
         grads = bwd(gout, q, k, v, w, mask, o_unw, lse, 0.125)
         for a, b in zip(grads, rleaves):
             assert nerr(a, b.grad) < TOL_TC[torch.float16][1]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cuda_public_op_on_long_keys(dtype):
+    """The public op at the audio length (routed to SDPA): the reference's values and
+    gradients within the dtype's tolerance, zeros for an all-padding source."""
+    q, k, v, w, mask = make_inputs(2, 3, 2, 50, 925, 64, dtype, "cuda", True, seed=8)
+    mask[0, 1] = True
+    assert ops.route(q, k, v, w) == "sdpa"
+    tv, tg = TOL[dtype]
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, w)]
+    out = ops.ratio_cross_attention(*leaves, mask)
+    gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(device="cuda", dtype=dtype)
+    out.backward(gout)
+    rleaves = [t.detach().float().clone().requires_grad_() for t in (q, k, v, w)]
+    ref = reference(*rleaves, mask)
+    ref.backward(gout.float())
+    assert out.dtype == dtype and nerr(out, ref) < tv
+    for name, a, b in zip("qkvw", leaves, rleaves):
+        assert nerr(a.grad, b.grad) < tg, name
+    assert (out.detach()[0, 1] == 0).all() and (leaves[0].grad[0, 1] == 0).all()
 
 
 @pytest.mark.cuda

@@ -214,7 +214,11 @@ def _interrupt_after_first_epoch(monkeypatch):
     return real
 
 
-def test_resume_with_changed_config_or_knowledge_is_refused_and_unchanged_resume_is_exact(
+def _resume_states(folder: Path):
+    return sorted((folder / "runs").glob("*.pth.resume"))
+
+
+def test_resume_with_changed_config_is_never_applied_and_unchanged_resume_is_exact(
         tmp_path, tiny_cfg, tiny_demo_pickle, monkeypatch, capsys):
     import yaml
 
@@ -224,17 +228,18 @@ def test_resume_with_changed_config_or_knowledge_is_refused_and_unchanged_resume
 
     real = _interrupt_after_first_epoch(monkeypatch)
     assert run_cli(tmp_path, feature_file=tiny_demo_pickle, config=tiny_cfg) == 130
-    resume = tmp_path / "m" / "kuda-demo.pth.resume"
-    assert resume.is_file()
+    [resume] = _resume_states(tmp_path / "m")
+    before = resume.read_bytes()
     monkeypatch.setattr("kuda_mmsa.training.trainer.KuDATrainer.do_test", real)
     capsys.readouterr()
 
+    # other settings are another run (its own name): it starts from the beginning and leaves the
+    # interrupted state of the first settings untouched
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(dict(yaml.safe_load(tiny_cfg.read_text()), learning_rate=2e-3)))
-    rc = run_cli(tmp_path, feature_file=tiny_demo_pickle, config=changed)
-    err = capsys.readouterr().err
-    assert rc == 2 and "config.learning_rate: 0.001 -> 0.002" in err and str(resume) in err
-    assert resume.is_file() and not (tmp_path / "r" / "normal").exists()
+    assert run_cli(tmp_path, feature_file=tiny_demo_pickle, config=changed) == 0
+    assert "Resuming" not in capsys.readouterr().err
+    assert _resume_states(tmp_path / "m") == [resume] and resume.read_bytes() == before
 
     assert run_cli(tmp_path, feature_file=tiny_demo_pickle, config=tiny_cfg) == 0   # unchanged: resumes
     assert not resume.exists()
@@ -258,14 +263,15 @@ def test_resume_after_the_knowledge_changed_is_refused(tmp_path, tiny_cfg, tiny_
 def test_stale_weights_at_the_save_path_are_never_tested(tmp_path, tiny_cfg, tiny_demo_pickle):
     assert run_cli(tmp_path / "clean", feature_file=tiny_demo_pickle, config=tiny_cfg) == 0
     clean = (tmp_path / "clean" / "r" / "normal" / "demo.csv").read_text().splitlines()[-1]
-    save = tmp_path / "m" / "kuda-demo.pth"
-    save.parent.mkdir(parents=True)
+    [own] = (tmp_path / "clean" / "m" / "runs").glob("*.pth")       # the run's own name: the same here
     state = torch.load(tmp_path / "clean" / "m" / "kuda-demo.pth", weights_only=True)
-    torch.save({k: torch.zeros_like(v) for k, v in state.items()}, save)    # an earlier run's weights
-    (save.parent / ".kuda-demo.pth.abc123.tmp").write_bytes(b"half-written")  # a killed atomic save
+    for save in (tmp_path / "m" / "kuda-demo.pth", tmp_path / "m" / "runs" / own.name):
+        save.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: torch.zeros_like(v) for k, v in state.items()}, save)    # an earlier run's weights
+        (save.parent / f".{save.name}.abc123.tmp").write_bytes(b"half-written")  # a killed atomic save
     assert run_cli(tmp_path, feature_file=tiny_demo_pickle, config=tiny_cfg) == 0
     assert (tmp_path / "r" / "normal" / "demo.csv").read_text().splitlines()[-1] == clean
-    assert not list(save.parent.glob("*.tmp"))
+    assert not list((tmp_path / "m").rglob("*.tmp"))
 
 
 def test_diverging_run_stops_at_the_first_nonfinite_loss(tmp_path, tiny_cfg, tiny_demo_pickle, monkeypatch, capsys):
@@ -287,8 +293,11 @@ def test_diverging_run_stops_at_the_first_nonfinite_loss(tmp_path, tiny_cfg, tin
     err = capsys.readouterr().err
     assert rc == 3 and "Traceback" not in err
     assert "non-finite" in err and "epoch 2" in err and "best checkpoint (epoch 1" in err
-    assert torch.load(tmp_path / "m" / "kuda-demo.pth", weights_only=True)          # kept
-    assert not (tmp_path / "r" / "normal").exists()
+    [kept] = (tmp_path / "m" / "runs").glob("*.pth")
+    assert str(kept) in err and torch.load(kept, weights_only=True)                 # kept
+    resume = Path(str(kept) + ".resume")
+    assert resume.is_file() and f"the state after epoch 1 is in {resume}" in err
+    assert not list((tmp_path / "r").rglob("*.csv"))                                # no result row
 
 
 # ---------------------------------------------------------------------- reproducibility

@@ -7,12 +7,15 @@ encoder built from a BertConfig (vocab 21128, random weights: nothing is downloa
 measurement runs in its own child process, so its peak RSS is its own. Variants:
 
   ours            the trainer's setup: KuDAConfig defaults (gradient_checkpointing auto),
-                  freeze_knowledge, make_adamw, grad_clip and ce_weight from the config
-                  defaults, precision from choose('auto', detect(device)) unless --precision
-                  is given
+                  freeze_knowledge, the trainer's step (training.step.TrainStep: on a GPU
+                  captured in a CUDA graph after 3 eager steps, cuda_graphs auto), its schedule,
+                  grad_clip and ce_weight from the config defaults, precision from
+                  choose('auto', detect(device)) unless --precision is given; evaluation through
+                  the trainer's eval forward (also captured on a GPU)
+  ours-eager      the same with cuda_graphs: off (every step eager, as before graphs)
   ours-ckpt       the same with gradient_checkpointing: all (configs/cpu_fast.yaml)
   ours-seqckpt    ... gradient_checkpointing: sequences;  ours-nockpt: none
-  ours-fp32, ours-bf16, ours-fp32-nockpt, ...   the same with the precision forced
+  ours-fp32, ours-bf16, ours-fp32-nockpt, ours-eager-fp32, ...   combinations
   authors         the authors' stage-2 model (models.OverallModal.KMSA) from a local copy
                   of their repository (--authors-repo: a checkout or a bare git dir, which
                   is exported to a temporary folder), adapted at run time (never edited;
@@ -73,7 +76,8 @@ def make_batch(opts, device):
 
 
 def timed(step, opts, device, eval_step=None):
-    """Warm-up, then the mean seconds of `opts.steps` steps; eval samples/s if asked."""
+    """Warm-up, then the mean seconds of `opts.steps` steps; eval samples/s if asked; on a GPU
+    with --profile-steps, the kernel profile of that many more steps (gpu_profile)."""
     import torch
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -86,13 +90,23 @@ def timed(step, opts, device, eval_step=None):
     sync()
     res = {"step_s": (time.perf_counter() - t0) / opts.steps}
     if eval_step is not None and opts.eval_steps > 0:
-        eval_step()  # warm-up (eval-mode kernels differ from training ones)
+        for _ in range(3):  # warm-up (eval-mode kernels differ from training ones; graph capture)
+            eval_step()
         sync()
         t0 = time.perf_counter()
         for _ in range(opts.eval_steps):
             eval_step()
         sync()
         res["eval_samples_per_s"] = opts.batch_size * opts.eval_steps / (time.perf_counter() - t0)
+    if device.type == "cuda" and opts.profile_steps > 0:
+        runs = [("profile", step, res["step_s"])]
+        if res.get("eval_samples_per_s"):
+            runs.append(("eval_profile", eval_step, opts.batch_size / res["eval_samples_per_s"]))
+        for key, fn, seconds in runs:
+            try:
+                res[key] = gpu_profile(fn, opts.profile_steps, seconds)
+            except Exception as e:  # the profile is extra: never lose the timing for it
+                res[key] = {"error": f"{type(e).__name__}: {e}"[:300]}
     return res
 
 
@@ -102,7 +116,10 @@ def finish(res, opts, device):
     res.update({"batch": opts.batch_size, "device": opts.device, "threads": torch.get_num_threads(),
                 "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20})  # KiB -> GiB
     if device.type == "cuda":
+        # allocated: the tensors' peak (what the step needs); reserved: what the caching
+        # allocator and CUDA graph pools hold (what nvidia-smi shows, less the context)
         res["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        res["peak_gpu_reserved_gib"] = torch.cuda.max_memory_reserved() / 2**30
     return res
 
 
@@ -112,12 +129,56 @@ ISA_CAPS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"
                      "MKL_ENABLE_INSTRUCTIONS": "AVX2", "KUDA_MMSA_CPU_ISA": "avx2"}}
 
 
+VARIANT_PARTS = ("fp32", "bf16", "auto", "eager", *CHECKPOINTING)
+
+
 def parse_ours(variant):
-    """'ours[-fp32|-bf16][-ckpt|-seqckpt|-nockpt]' -> (precision or None, gradient_checkpointing
-    or None: the config default)."""
+    """'ours[-eager][-fp32|-bf16][-ckpt|-seqckpt|-nockpt]' -> (precision or None,
+    gradient_checkpointing or None: the config default, cuda_graphs)."""
     parts = variant.split("-")[1:]
     precision = next((p for p in parts if p in ("fp32", "bf16", "auto")), None)
-    return precision, next((CHECKPOINTING[p] for p in parts if p in CHECKPOINTING), None)
+    return (precision, next((CHECKPOINTING[p] for p in parts if p in CHECKPOINTING), None),
+            "off" if "eager" in parts else "auto")
+
+
+def gpu_profile(step, steps, step_s):
+    """CUDA kernels of ``steps`` steps under torch.profiler: GPU-busy time per step (the union
+    of kernel and copy intervals), its share of the step's un-profiled wall time ``step_s``,
+    kernel launches per step (graph launches counted apart) and the kernels that take the time."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = prof.events()
+    gpu = [e for e in events if e.device_type == DeviceType.CUDA]
+    spans = sorted((e.time_range.start, e.time_range.end) for e in gpu)
+    busy, cur_s, cur_e = 0.0, None, None
+    for s0, e0 in spans:
+        if cur_e is None or s0 > cur_e:
+            if cur_e is not None:
+                busy += cur_e - cur_s
+            cur_s, cur_e = s0, e0
+        else:
+            cur_e = max(cur_e, e0)
+    if cur_e is not None:
+        busy += cur_e - cur_s
+    launches = sum(1 for e in events if e.device_type == DeviceType.CPU and e.name in
+                   ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx"))
+    graph_launches = sum(1 for e in events if e.device_type == DeviceType.CPU and e.name.startswith("cudaGraphLaunch"))
+    by_name = {}
+    for e in gpu:
+        by_name[e.name] = by_name.get(e.name, 0.0) + e.time_range.elapsed_us()
+    top = sorted(by_name.items(), key=lambda kv: -kv[1])[:15]
+    busy_ms = busy / 1e3 / steps
+    return {"gpu_busy_ms_per_step": round(busy_ms, 3), "kernels_per_step": round(len(gpu) / steps, 1),
+            "launches_per_step": round(launches / steps, 1), "graph_launches_per_step": round(graph_launches / steps, 2),
+            "gpu_busy_share": round(busy_ms / 1e3 / step_s, 3) if step_s else None,
+            "top_kernels_ms_per_step": [[n[:90], round(t / 1e3 / steps, 3)] for n, t in top]}
 
 
 def run_ours(opts, variant):
@@ -126,7 +187,9 @@ def run_ours(opts, variant):
 
     from kuda_mmsa.model import KuDA, KuDAConfig
     from kuda_mmsa.training import precision as prec
-    from kuda_mmsa.training.optim import make_adamw
+    from kuda_mmsa.training.evaluation import eval_forward
+    from kuda_mmsa.training.optim import make_adamw, make_schedule
+    from kuda_mmsa.training.step import TrainStep, graphs_wanted
 
     try:
         from kuda_mmsa.config.schema import defaults
@@ -136,7 +199,7 @@ def run_ours(opts, variant):
     lr, wd = float(d.get("learning_rate", 3e-5)), float(d.get("weight_decay", 1e-5))
     clip, ce_w = float(d.get("grad_clip", 1.0) or 0), float(d.get("ce_weight", 0.1))
 
-    forced, ckpt = parse_ours(variant)
+    forced, ckpt, cuda_graphs = parse_ours(variant)
     device = torch.device(opts.device)
     precision, why = prec.choose(forced or opts.precision, prec.detect(device))
     torch.manual_seed(0)
@@ -146,28 +209,39 @@ def run_ours(opts, variant):
     model = KuDA(cfg).to(device)
     model.freeze_knowledge()  # stage 2 (knowledge weights are random here, never loaded)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_adamw(params, lr=lr, weight_decay=wd)
-    x = make_batch(opts, device)
-    labels = x["labels"]
+    graphs, _ = graphs_wanted(cuda_graphs, device)
+    opt = make_adamw(params, lr=lr, weight_decay=wd, capturable=graphs)
+    sched = make_schedule(opt, 10_000, 0.1)
+    # the batch arrives on the host, as from the trainer's DataLoader (page-locked on a GPU run)
+    x = make_batch(opts, torch.device("cpu"))
+    if device.type == "cuda":
+        x = {k: t.pin_memory() for k, t in x.items()}
     inputs = {k: x[k] for k in ("text", "audio", "vision", "audio_lengths", "vision_lengths")}
 
-    def step():  # the trainer's loop body
-        model.train()
-        opt.zero_grad(set_to_none=True)
+    def forward_loss(b):  # the trainer's forward and loss (KuDATrainer._forward_loss)
         with prec.autocast(device, precision):
-            out = model(**inputs, labels=labels)
-        loss = torch.nn.functional.mse_loss(out["M"].float(), labels) + ce_w * out["ce"].float()
+            out = model(**{k: v for k, v in b.items() if k != "labels"}, labels=b["labels"])
+        out = {k: v.float() for k, v in out.items()}
+        loss = torch.nn.functional.mse_loss(out["M"], b["labels"]) + ce_w * out["ce"]
         if "aux" in out:
-            loss = loss + out["aux"].float()
-        loss.backward()
-        if clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, clip)
-        opt.step()
+            loss = loss + out["aux"]
+        return loss, {"loss": loss.detach(), "M": out["M"].detach()}
 
-    def eval_step():
-        model.eval()
-        with torch.no_grad(), prec.autocast(device, precision):
-            model(**inputs)["M"].float().cpu()
+    train_step = TrainStep(forward_loss, params, opt, clip, device, graphs=graphs,
+                           blockers=model.capture_blockers(), check=model.check_inputs)
+    evaluate = eval_forward(model, device, precision, graphs)
+    model.train()
+
+    def step():  # the trainer's loop body (the trainer sets the mode once per epoch)
+        if not model.training:
+            model.train()
+        train_step({**inputs, "labels": x["labels"]})
+        sched.step()
+
+    def eval_step():  # predict()'s loop body (the mode is set once per split)
+        if model.training:
+            model.eval()
+        evaluate(inputs)["M"].cpu()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -175,7 +249,9 @@ def run_ours(opts, variant):
     from kuda_mmsa.ops import backend
 
     res.update({"variant": variant, "precision": precision, "precision_reason": why,
-                "gradient_checkpointing": cfg.gradient_checkpointing, "kernels": backend()})
+                "gradient_checkpointing": cfg.gradient_checkpointing, "kernels": backend(),
+                "cuda_graphs": cuda_graphs, "captured": train_step.captured, "eval_captured": evaluate.captured,
+                "capture_failure": train_step.capture_failure or evaluate.capture_failure})
     return finish(res, opts, device)
 
 
@@ -241,13 +317,14 @@ def authors_tree(path):
 
 
 def authors_commit(path):
+    """Their commit, or "?" for an exported copy (never the commit of a repository around it)."""
     p = Path(path).expanduser().resolve()
-    for args in (["git", "-C", str(p), "rev-parse", "--short", "HEAD"],
-                 ["git", "--git-dir", str(p), "rev-parse", "--short", "HEAD"]):
-        r = subprocess.run(args, capture_output=True, text=True)
-        if r.returncode == 0:
-            return r.stdout.strip()
-    return "?"
+    top = subprocess.run(["git", "-C", str(p), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if top.returncode == 0 and Path(top.stdout.strip()).resolve() == p:
+        r = subprocess.run(["git", "-C", str(p), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else "?"
+    r = subprocess.run(["git", "--git-dir", str(p), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 and (p / "HEAD").is_file() else "?"
 
 
 def run_authors(opts, variant):
@@ -403,7 +480,7 @@ def run_child(opts, variant):
     cmd = [sys.executable, __file__, "--child", variant, "-b", str(opts.batch_size), "--device", opts.device,
            "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--eval-steps", str(opts.eval_steps),
            "--text-len", str(opts.text_len), "--vision", *map(str, opts.vision), "--audio", *map(str, opts.audio),
-           "--precision", opts.precision]
+           "--precision", opts.precision, "--profile-steps", str(opts.profile_steps)]
     if opts.threads:
         cmd += ["--threads", str(opts.threads)]
     if variant == "authors":
@@ -455,6 +532,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--eval-steps", type=int, default=0, help="also time this many evaluation batches (samples/s)")
+    p.add_argument("--profile-steps", type=int, default=0,
+                   help="GPU: profile this many more steps (GPU-busy share, kernels and launches per step, top kernels)")
     p.add_argument("--threads", type=int, default=0, help="torch threads in the children (default: torch's)")
     p.add_argument("--text-len", type=int, default=50)
     p.add_argument("--vision", type=int, nargs=2, default=[232, 177], metavar=("LEN", "DIM"))
@@ -477,7 +556,7 @@ def main() -> None:
         return
 
     for v in opts.variants:
-        if not v.startswith("ours") or any(x not in ("fp32", "bf16", "auto", *CHECKPOINTING) for x in v.split("-")[1:]):
+        if not v.startswith("ours") or any(x not in VARIANT_PARTS for x in v.split("-")[1:]):
             p.error(f"unknown variant {v!r}")
     baseline = opts.baseline or ("authors" if opts.authors_repo else "materialising")
     notes = []
@@ -539,7 +618,11 @@ def main() -> None:
                 if res.get("eval_samples_per_s"):
                     extra += f", eval {res['eval_samples_per_s']:.1f} samples/s"
                 if res.get("precision") and v.startswith("ours"):
-                    extra += f", {res['precision']}"
+                    extra += f", {res['precision']}" + (", captured" if res.get("captured") else "")
+                prof = res.get("profile") or {}
+                if prof.get("gpu_busy_share") is not None:
+                    extra += (f", GPU busy {100 * prof['gpu_busy_share']:.0f}% ({prof['gpu_busy_ms_per_step']:.1f} ms), "
+                              f"{prof['launches_per_step']:.0f} launches/step")
                 msg = (f"{res['step_s']:.3f} s/step, peak RSS {res['peak_rss_gib']:.2f} GiB{extra}"
                        if res.get("step_s") else f"FAILED: {res.get('error')}")
                 print(f"  round {r + 1} {v:14s}: {msg}  ({res['wall_s']:.0f} s wall)", flush=True)

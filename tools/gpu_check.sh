@@ -1,47 +1,52 @@
 #!/usr/bin/env bash
-# The one prepared GPU check, for one call on a machine with an NVIDIA GPU and a torch with
-# CUDA (about 6-8 minutes on an H200; DEADLINE caps it, default 540 s):
+# The one prepared GPU check, for one device call on a machine with an NVIDIA GPU and a torch
+# with CUDA. DEADLINE (default 540 s) caps the whole script: every phase's timeout is cut to
+# what is left, and a phase with no time left is skipped and says so. Phases, most important
+# first (issue 17's list):
 #   1. build the extension in place (CUDA arch $TORCH_CUDA_ARCH_LIST, default 9.0);
-#   2. CUDA tests: tests/test_ops.py and tests/test_model_cuda.py with the default SIMT
-#      kernels, then their CUDA tests again with KUDA_MMSA_TC=1 (fp16/bf16 on tensor cores);
-#   3. op benchmark: tools/bench_kernels.py --device cuda (SIMT, tensor cores, reference, SDPA);
-#   4. step benchmark: tools/bench_train.py --device cuda at batch $BATCH (32): ours vs the
-#      materialising baseline ($ROUNDS interleaved rounds), ours with KUDA_MMSA_TC=1, and ours
-#      vs the authors' code when $KUDA_AUTHORS_REPO names a local copy of their repository
-#      (a checkout or a bare git dir; their Python deps einops/tabulate/scipy must be there).
+#   2. step benchmark at batch $BATCH (32): $VARIANTS (default: ours, the CUDA-graph step, and
+#      ours-eager, cuda_graphs: off) and the authors' code when $KUDA_AUTHORS_REPO names a local copy of
+#      their repository (else the materialising baseline), one interleaved round, with eval
+#      samples/s and kernel profiles of a step and of an evaluation batch (GPU-busy share,
+#      launches and kernels per step, top kernels);
+#   3. CUDA tests with the default kernels: tests/test_ops.py, test_model_cuda.py, test_step.py
+#      (-m cuda; the CPU tests run in CI; the torch.compile tests are left to COMPILE_TESTS=1);
+#   4. op benchmark (tools/bench_kernels.py --device cuda: op, kernel, tensor cores, SDPA);
+#   5. the CUDA tests of the op again with KUDA_MMSA_TC=1 (fp16/bf16 on tensor cores);
+#   6. op accuracy beside PyTorch's own same-dtype error (tools/op_accuracy.py);
+#   7. step benchmark at batch 16 and 64 (ours vs the baseline);
+#   8. the DDP section below (DDP=0 skips it).
 # Everything goes to $OUT (default ./gpu_check_out): logs, junit XML, benchmark JSON and
 # summary.json, one file with every result. Knobs: PYTEST_K (a pytest -k subset), BENCH=0
-# (no benchmarks), STEP_BENCH=0 (no step benchmark), BATCH, ROUNDS, *_TIMEOUT (seconds).
-# Wheels in .whl/ (e.g. expecttest for opcheck) are installed to /tmp/site first.
+# (no benchmarks), BATCH, STEPS, *_TIMEOUT (seconds), COMPILE_TESTS=1.
+# Wheels in .whl/ (expecttest for opcheck, tabulate for the authors' code) go to /tmp/site first.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu_check_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # this checkout's kuda_mmsa (built in place below)
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
-# The whole script fits one device call (600 s at most): every phase's timeout is cut to what
-# is left of DEADLINE (default 540 s) minus a reserve for summary.json; a phase with no time
-# left is skipped and says so.
 DEADLINE=${DEADLINE:-540}
 within() {
   local want=$1; shift
-  local left=$(( DEADLINE - $(elapsed) - 20 ))
+  local left=$(( DEADLINE - $(elapsed) - 15 ))
   [ "$left" -lt "$want" ] && want=$left
   if [ "$want" -lt 15 ]; then echo "skipped, out of the ${DEADLINE} s budget: $*"; return 124; fi
   timeout "$want" "$@"
 }
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
 {
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
   $PY -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-  $PY -m pip list 2>/dev/null | grep -i -E "^(pytest|expecttest|ninja|setuptools|triton|transformers) "
+  $PY -m pip list 2>/dev/null | grep -i -E "^(pytest|expecttest|ninja|setuptools|triton|transformers|tabulate|einops|scipy) "
   which nvcc; nvcc --version | tail -2
   git rev-parse --short HEAD 2>/dev/null && git status --porcelain --untracked-files=no | head -20
+  nproc; grep -m1 "model name" /proc/cpuinfo
 } 2>&1 | tee "$OUT/env.txt"
 
 # ---------------------------------------------------------------- 1. build
@@ -49,48 +54,51 @@ export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST
 rm -f kuda_mmsa/_C*.so
 start=$(date +%s)
 BUILD=ok
-if ! $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
+if ! within 240 $PY setup.py build_ext --inplace >"$OUT/build.log" 2>&1; then
   BUILD=failed
   echo "BUILD FAILED"; tail -40 "$OUT/build.log"
 fi
 BUILD_S=$(( $(date +%s) - start ))
 echo "build $BUILD in $BUILD_S s"
 
+STEP="tools/bench_train.py --device cuda --steps ${STEPS:-10} --warmup 6 --eval-steps 10 --profile-steps 3"
+if [ -n "${KUDA_AUTHORS_REPO:-}" ]; then BASE="--baseline authors --authors-repo $KUDA_AUTHORS_REPO"
+else BASE="--baseline materialising"; echo "KUDA_AUTHORS_REPO not set: the baseline is the materialising one"; fi
 if [ "$BUILD" = ok ]; then
-  # ------------------------------------------------------------ 2. CUDA tests
-  unset KUDA_MMSA_TC
-  within ${TEST_TIMEOUT:-240} $PY -m pytest tests/test_ops.py tests/test_model_cuda.py -q -rs --maxfail=25 \
-    -p no:cacheprovider --junitxml="$OUT/pytest.xml" ${PYTEST_K:+-k "$PYTEST_K"} 2>&1 | tee "$OUT/pytest.log" | tail -30
-  echo "pytest exit ${PIPESTATUS[0]} at $(elapsed) s"
-  # Again with the tensor-core path on: every CUDA test (the fp16/bf16 ones take the
-  # tensor-core kernels and their tolerances); the torch.compile test ran above.
-  KUDA_MMSA_TC=1 within ${TC_TEST_TIMEOUT:-150} $PY -m pytest tests/test_ops.py tests/test_model_cuda.py -q -rs \
-    --maxfail=25 -p no:cacheprovider --junitxml="$OUT/pytest_tc.xml" -k "${PYTEST_K:-cuda} and not compile" 2>&1 \
-    | tee "$OUT/pytest_tc.log" | tail -30
-  echo "pytest (KUDA_MMSA_TC=1) exit ${PIPESTATUS[0]} at $(elapsed) s"
-
   if [ "${BENCH:-1}" != 0 ]; then
-    # ---------------------------------------------------------- 3. op benchmark
-    within ${BENCH_TIMEOUT:-150} $PY tools/bench_kernels.py --device cuda --json "$OUT/bench_kernels.json" 2>&1 \
+    # ---------------------------------------------------------- 2. step benchmark, batch 32
+    within ${STEP_TIMEOUT:-200} $PY $STEP -b ${BATCH:-32} --variants ${VARIANTS:-ours ours-eager} $BASE --rounds 1 \
+      --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.log"
+    echo "bench_train exit ${PIPESTATUS[0]} at $(elapsed) s"
+  fi
+  # ------------------------------------------------------------ 3. CUDA tests
+  unset KUDA_MMSA_TC
+  K="${PYTEST_K:-}"
+  [ "${COMPILE_TESTS:-0}" = 1 ] || K="${K:+$K and }not compile"
+  within ${TEST_TIMEOUT:-150} $PY -m pytest tests/test_ops.py tests/test_model_cuda.py tests/test_step.py -m cuda -q -rs \
+    --maxfail=25 -p no:cacheprovider --junitxml="$OUT/pytest.xml" -k "$K" 2>&1 | tee "$OUT/pytest.log" | tail -30
+  echo "pytest exit ${PIPESTATUS[0]} at $(elapsed) s"
+  if [ "${BENCH:-1}" != 0 ]; then
+    # ---------------------------------------------------------- 4. op benchmark
+    within ${BENCH_TIMEOUT:-120} $PY tools/bench_kernels.py --device cuda --reps 10 --json "$OUT/bench_kernels.json" 2>&1 \
       | tee "$OUT/bench_kernels.log"
     echo "bench_kernels exit ${PIPESTATUS[0]} at $(elapsed) s"
-    # ---------------------------------------------------------- 4. step benchmark
-    if [ "${STEP_BENCH:-1}" != 0 ]; then
-      STEP="tools/bench_train.py --device cuda -b ${BATCH:-32} --steps ${STEPS:-10} --warmup 3 --eval-steps 10"
-      within ${STEP_TIMEOUT:-180} $PY $STEP --baseline materialising --rounds ${ROUNDS:-2} \
-        --json "$OUT/bench_train.json" 2>&1 | tee "$OUT/bench_train.log"
-      echo "bench_train exit ${PIPESTATUS[0]} at $(elapsed) s"
-      KUDA_MMSA_TC=1 within ${STEP_TIMEOUT:-180} $PY $STEP --baseline none --rounds 1 \
-        --json "$OUT/bench_train_tc.json" 2>&1 | tee "$OUT/bench_train_tc.log"
-      echo "bench_train (KUDA_MMSA_TC=1) exit ${PIPESTATUS[0]} at $(elapsed) s"
-      if [ -n "${KUDA_AUTHORS_REPO:-}" ]; then
-        within ${AUTHORS_TIMEOUT:-240} $PY $STEP --baseline authors --authors-repo "$KUDA_AUTHORS_REPO" \
-          --rounds ${ROUNDS:-2} --json "$OUT/bench_train_authors.json" 2>&1 | tee "$OUT/bench_train_authors.log"
-        echo "bench_train (authors) exit ${PIPESTATUS[0]} at $(elapsed) s"
-      else
-        echo "KUDA_AUTHORS_REPO not set: no comparison with the authors' code"
-      fi
-    fi
+  fi
+  # ------------------------------------------------------------ 5. tensor-core tests
+  KUDA_MMSA_TC=1 within ${TC_TEST_TIMEOUT:-90} $PY -m pytest tests/test_ops.py -m cuda -q -rs \
+    --maxfail=25 -p no:cacheprovider --junitxml="$OUT/pytest_tc.xml" -k "not compile${PYTEST_K:+ and $PYTEST_K}" 2>&1 \
+    | tee "$OUT/pytest_tc.log" | tail -30
+  echo "pytest (KUDA_MMSA_TC=1) exit ${PIPESTATUS[0]} at $(elapsed) s"
+  # ------------------------------------------------------------ 6. op accuracy
+  within ${ACC_TIMEOUT:-60} $PY tools/op_accuracy.py --device cuda --json "$OUT/op_accuracy.json" 2>&1 | tee "$OUT/op_accuracy.log"
+  echo "op_accuracy exit ${PIPESTATUS[0]} at $(elapsed) s"
+  if [ "${BENCH:-1}" != 0 ]; then
+    # ---------------------------------------------------------- 7. step benchmark, batch 16 and 64
+    for B in ${OTHER_BATCHES:-16 64}; do
+      within ${STEP_TIMEOUT:-120} $PY $STEP -b $B --variants ours $BASE --rounds 1 --profile-steps 0 \
+        --json "$OUT/bench_train_b$B.json" 2>&1 | tee "$OUT/bench_train_b$B.log" | tail -8
+      echo "bench_train -b $B exit ${PIPESTATUS[0]} at $(elapsed) s"
+    done
   fi
 fi
 
@@ -117,7 +125,7 @@ for name in ("pytest", "pytest_tc"):
         summary[name] = {**counts, "failed": failed[:40]}
     except ET.ParseError as e:
         summary[name] = {"error": f"unreadable junit xml: {e}"}
-for name in ("bench_kernels", "bench_train", "bench_train_tc", "bench_train_authors"):
+for name in ("bench_kernels", "bench_train", "bench_train_b16", "bench_train_b64", "op_accuracy"):
     f = out / f"{name}.json"
     try:
         summary[name] = json.loads(f.read_text()) if f.exists() else None
@@ -125,7 +133,22 @@ for name in ("bench_kernels", "bench_train", "bench_train_tc", "bench_train_auth
         summary[name] = {"error": str(e)}
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 short = {k: summary[k] for k in ("build", "build_s", "total_s", "pytest", "pytest_tc")}
-print(json.dumps(short, indent=1))
+for name in ("bench_train", "bench_train_b16", "bench_train_b64"):
+    rows = (summary.get(name) or {}).get("rows") or []
+    short[name] = [{k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k))
+                    for k in ("variant", "step_s", "peak_gpu_gib", "peak_gpu_reserved_gib", "eval_samples_per_s",
+                              "captured", "capture_failure", "error") if r.get(k) is not None}
+                   | {"eval_busy": (r.get("eval_profile") or {}).get("gpu_busy_share"),
+                      "eval_gpu_ms": (r.get("eval_profile") or {}).get("gpu_busy_ms_per_step"),
+                      "busy": (r.get("profile") or {}).get("gpu_busy_share"),
+                      "launches": (r.get("profile") or {}).get("launches_per_step"),
+                      "kernels": (r.get("profile") or {}).get("kernels_per_step")} for r in rows]
+    short[name + "_ratios"] = (summary.get(name) or {}).get("summary")
+kern = summary.get("bench_kernels") or []
+short["op_vs_sdpa"] = [[str(r["shape"]), r["dtype"], r["pass"], r.get("route"), round(r.get("sdpa_over_op") or 0, 2),
+                        round(r.get("sdpa_over_kernel") or 0, 2)]
+                       for d in (kern if isinstance(kern, list) else []) for r in d.get("rows", [])]
+print(json.dumps(short, indent=None, default=str)[:9000])
 EOF
 
 # ==================================================================================================

@@ -6,8 +6,12 @@
 Every (variant, seed) is one MMSA_run with one seed and its own model/result/log folders
 under ``<out>/runs/<variant>/seed<seed>/``, so the metrics are MMSA's own (MetricsTop on the
 test split at the epoch selected on the validation set), kept at full precision. Writes
-``<out>/ablation.csv`` (one row per variant x seed) and ``<out>/ablation.md`` (mean ± std over
-seeds). Resumable: a (variant, seed) already in ablation.csv is not run again. For KuDA
+``<out>/ablation.csv`` (one row per variant x seed, added under a lock: several ablate
+processes may share one --out; a file that could not take the rows is refused before any
+cell runs) and ``<out>/ablation.md`` (mean ± std over seeds). Resumable:
+a (variant, seed) already in ablation.csv is not run again when its settings fingerprint
+(the effective config, the feature file's content, the text encoder, the package version)
+is the one it was run with; otherwise it runs again and the reason is printed. For KuDA
 variants on data annotated 'dominant:<modality>' (the demo data) ``DomFrac`` is the fraction
 of test samples whose largest ratio is on the annotated dominant modality. Variants are a
 registry (kuda_mmsa.cli.variants).
@@ -21,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -30,14 +36,18 @@ from typing import Iterable, List, Optional
 
 import numpy as np
 
+from .. import __version__
 from ..errors import KudaInputError
-from ..files import atomic_path
-from ..mmsa.args import RUN_KEYS
+from ..files import atomic_write_text, check_csv_target, update_csv
+from ..mmsa.args import RUN_KEYS, build_args, plain_args
 from ..mmsa.datasets import canonical_name
 from ..mmsa.register import register
 from ..mmsa.run import MMSA_run
 from ..training.distributed import env_context
+from ..model.encoders import text_encoder_info
+from ..training.checkpoints import describe_differences, plain
 from ..training.evaluation import dominant_fraction
+from ..training.runs import PLACE_KEYS
 from ..training.sweeps import Cell, CellResult, Executor, describe_result, make_executor, run_cells
 from .common import add_flags, command_parser, overrides, run_command
 from ..data.corruption import KINDS
@@ -49,7 +59,7 @@ logger = logging.getLogger("MMSA")
 
 DEFAULT_SEEDS = (1111, 1112, 1113)
 ID_COLUMNS = ["variant", "model", "seed"]
-EXTRA_COLUMNS = ["DomFrac", "seconds"]
+EXTRA_COLUMNS = ["DomFrac", "seconds", "cell"]   # cell: the settings fingerprint's id
 
 
 # ---------------------------------------------------------------------- CSV and table
@@ -61,17 +71,125 @@ def read_rows(csv_path) -> List[dict]:
         return list(csv.DictReader(f))
 
 
-def write_rows(rows: List[dict], csv_path) -> Path:
-    p = Path(csv_path)
+def _columns(rows: List[dict]) -> List[str]:
     cols = list(ID_COLUMNS)
     for r in rows:
         cols += [k for k in r if k not in cols and k not in EXTRA_COLUMNS]
-    cols += [c for c in EXTRA_COLUMNS if any(c in r for r in rows)]
-    with atomic_path(p) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, restval="")
-        w.writeheader()
-        w.writerows(rows)
-    return p
+    return cols + [c for c in EXTRA_COLUMNS if any(c in r for r in rows)]
+
+
+def write_rows(rows: List[dict], csv_path) -> Path:
+    """Add or replace ``rows`` (by variant and seed) in the CSV, under its lock and in one
+    rename: rows other processes wrote meanwhile are kept."""
+    new = {(str(r["variant"]), str(r["seed"])): {k: "" if v is None else str(v) for k, v in r.items()} for r in rows}
+
+    def merge(header, old):
+        kept = [dict(zip(header, r)) for r in old] if header else []
+        kept = [r for r in kept if (r.get("variant"), r.get("seed")) not in new] + list(new.values())
+        cols = _columns(kept)
+        return cols, [[r.get(c, "") for c in cols] for r in kept]
+
+    return update_csv(csv_path, merge)
+
+
+# ---------------------------------------------------------------------- what defines a cell
+_DIGESTS: dict = {}
+
+
+def file_digest(path) -> Optional[str]:
+    """sha1 of a file's bytes (cached per path, size and modification time); None if absent."""
+    p = Path(path).expanduser()
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha1()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(2 ** 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+# Shared flags that also set a stock MMSA model's own key, when its MMSA entry has it
+# (--pretrained: the text encoder of Self-MM, MISA, ...).
+SHARED_MODEL_KEYS = ("pretrained",)
+
+
+@functools.lru_cache(maxsize=None)
+def _stock_model_keys(model: str, dataset: str) -> frozenset:
+    register()
+    return frozenset(build_args(model, dataset)[0])
+
+
+def cell_config(variant: Variant, config: Optional[dict], dataset: str) -> dict:
+    """The config layer a cell runs with: the sweep's overrides, then the variant's. A stock
+    MMSA model takes the run keys and the shared flags its own config has (a user who names
+    the text encoder expects every variant that has one to use it)."""
+    cfg = dict(config or {})
+    if not variant.is_kuda:   # KuDA's own keys mean nothing to MMSA's models
+        takes = _stock_model_keys(variant.model, dataset) if any(k in cfg for k in SHARED_MODEL_KEYS) else ()
+        cfg = {k: v for k, v in cfg.items() if k in RUN_KEYS or (k in SHARED_MODEL_KEYS and k in takes)}
+    cfg.update(variant.config)
+    return cfg
+
+
+def cell_fingerprint(variant: Variant, dataset: str, feature_file=None, config_file=None,
+                     config: Optional[dict] = None) -> dict:
+    """Everything that defines a cell's result apart from its seed: the effective config of
+    its model, the feature file's content, the text encoder and the package version."""
+    register()
+    args, _ = build_args(variant.model, dataset, config_file if variant.is_kuda else None,
+                         cell_config(variant, config, dataset) or None, f"ablation variant {variant.name}",
+                         custom_feature=feature_file)
+    settings = {k: v for k, v in plain_args(args).items() if k not in PLACE_KEYS and k not in RUN_KEYS}
+    data = args.get("featurePath")
+    encoder = args.get("pretrained")
+    return plain({"variant": variant.name, "model": variant.model, "dataset": dataset, "config": settings,
+                  "data": {"file": Path(str(data)).name if data else None,
+                           "sha1": file_digest(data) if data else None},
+                  "encoder": text_encoder_info(encoder) if encoder else None, "version": __version__})
+
+
+def fingerprint_id(fingerprint: dict) -> str:
+    return hashlib.sha1(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _fingerprint_file(out: Path, name: str, seed: int) -> Path:
+    return out / "runs" / name / f"seed{seed}" / "fingerprint.json"
+
+
+def finished_cells(out: Path, cells, dataset: str, feature_file=None, config_file=None,
+                   config: Optional[dict] = None):
+    """(finished, rerun): the (variant, seed) cells of ``cells`` that ablation.csv holds with
+    today's fingerprint, and {cell: why it must run again} for those it holds with another."""
+    rows = {(r["variant"], str(r["seed"])): r for r in read_rows(Path(out) / "ablation.csv")}
+    prints, finished, rerun = {}, [], {}
+    for name, seed in cells:
+        row = rows.get((name, str(seed)))
+        if row is None:
+            continue
+        if name not in prints:
+            prints[name] = cell_fingerprint(VARIANTS[name], dataset, feature_file, config_file, config)
+        now = prints[name]
+        if row.get("cell") == fingerprint_id(now):
+            finished.append((name, int(seed)))
+            continue
+        try:
+            old = json.loads(_fingerprint_file(Path(out), name, seed).read_text())
+        except (OSError, ValueError):
+            old = None
+        if isinstance(old, dict):
+            rerun[(name, int(seed))] = f"settings changed ({describe_differences(old, now)})"
+        else:
+            rerun[(name, int(seed))] = "its row has no settings fingerprint to compare (written by an older version)"
+    return finished, rerun
+
+
+def _record_cell(out: Path, name: str, seed: int, fingerprint: dict) -> None:
+    atomic_write_text(_fingerprint_file(out, name, seed), json.dumps(fingerprint, indent=1))
 
 
 def _num(x) -> Optional[float]:
@@ -87,7 +205,7 @@ def summarize(rows: List[dict], variants: Optional[Iterable[str]] = None, group:
     order = list(variants) if variants else list(dict.fromkeys(r[group] for r in rows))
     metric_cols = []
     for r in rows:
-        metric_cols += [k for k in r if k not in ID_COLUMNS and k != "seconds" and k not in metric_cols]
+        metric_cols += [k for k in r if k not in ID_COLUMNS and k not in ("seconds", "cell") and k not in metric_cols]
     metric_cols = [c for c in metric_cols if c != "DomFrac"] + (["DomFrac"] if "DomFrac" in metric_cols else [])
     lines = [f"| {group} | seeds | " + " | ".join(metric_cols) + " |", "|---|---|" + "---|" * len(metric_cols)]
     for name in order:
@@ -109,12 +227,7 @@ def run_one(variant: Variant, dataset: str, seed: int, run_dir: Path, feature_fi
     """One MMSA_run with one seed; returns {metric: value} (MMSA's) plus DomFrac for KuDA."""
     register()
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = dict(config or {})
-    if variant.is_kuda:
-        cfg.update(variant.config)
-    else:
-        cfg = {k: v for k, v in cfg.items() if k in RUN_KEYS}   # KuDA's keys mean nothing to MMSA's models
-        cfg.update(variant.config)
+    cfg = cell_config(variant, config, dataset)
     (run_dir / "variant.json").write_text(json.dumps(
         {"variant": variant.name, "model": variant.model, "config": cfg,
          "config_file": str(config_file) if config_file else None, "dataset": dataset, "seed": seed,
@@ -128,7 +241,7 @@ def run_one(variant: Variant, dataset: str, seed: int, run_dir: Path, feature_fi
     out = dict(result.per_seed[0])
     out["seconds"] = round(time.time() - t0, 1)
     if variant.is_kuda:
-        out["DomFrac"] = _dominant_fraction(Path(result.args["model_save_path"]), dataset, feature_file)
+        out["DomFrac"] = _dominant_fraction(Path(result.weights[0]), dataset, feature_file)
     return out
 
 
@@ -184,9 +297,27 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "ablation.csv", out / "ablation.md"
-    rows = read_rows(csv_path)
-    done = {(r["variant"], int(r["seed"])) for r in rows}
-    todo = [(name, int(seed)) for name in variants for seed in seeds if (name, int(seed)) not in done]
+    check_csv_target(csv_path, "ablation CSV", "--out", lambda header: None if {"variant", "seed"} <= set(header) else
+                     f"has the columns {header}; an ablation CSV has variant, model, seed and the metrics.")
+    wanted = [(name, int(seed)) for name in variants for seed in dict.fromkeys(int(s) for s in seeds)]
+    finished, rerun = finished_cells(out, wanted, dataset, feature_file, config_file, config)
+    done = set(finished)
+    todo = [c for c in wanted if c not in done]
+    for (name, seed), why in rerun.items():
+        echo(f"[ablate] {name} seed {seed}: runs again: {why}")
+    if rerun and (out / "robustness.csv").is_file():       # their corruption rows are stale too
+        stale = {(n, str(s)) for n, s in rerun}
+        update_csv(out / "robustness.csv", lambda h, rs: (h, [r for r in rs if h is None or
+                                                             (r[h.index("variant")], r[h.index("seed")]) not in stale]))
+    prints = {name: cell_fingerprint(VARIANTS[name], dataset, feature_file, config_file, config)
+              for name in dict.fromkeys(n for n, _ in todo)}
+
+    def keep(name, seed, res):
+        _record_cell(out, name, seed, prints[name])
+        write_rows([{"variant": name, "model": VARIANTS[name].model, "seed": int(seed),
+                     "cell": fingerprint_id(prints[name]), **res}], csv_path)
+        ran.append((name, int(seed)))
+
     ran, failed = [], []
     if executor is None:
         for name, seed in todo:
@@ -196,9 +327,7 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
             res = run_one(v, dataset, int(seed), out / "runs" / name / f"seed{seed}", feature_file=feature_file,
                           config_file=config_file, num_workers=num_workers, verbose_level=verbose_level,
                           config=config)
-            rows.append({"variant": name, "model": v.model, "seed": int(seed), **res})
-            write_rows(rows, csv_path)          # after every run: an interruption loses nothing
-            ran.append((name, int(seed)))
+            keep(name, seed, res)               # after every run: an interruption loses nothing
             echo(f"[ablate] {name} seed {seed}: "
                  + describe_result(CellResult(name, True, res, seconds=time.time() - t0)))
     elif todo:
@@ -209,26 +338,26 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
         def on_done(r: CellResult):
             name, seed = by_key[r.key]
             if r.ok:
-                rows.append({"variant": name, "model": VARIANTS[name].model, "seed": seed, **r.value})
-                write_rows(rows, csv_path)      # at once: a killed sweep keeps every finished cell
-                ran.append((name, seed))
+                keep(name, seed, r.value)       # at once: a killed sweep keeps every finished cell
             else:
                 failed.append((name, seed, r.error))
             echo(f"[ablate] {r.key}: {describe_result(r)}")
 
         run_cells(executor, cells, on_done)
+    rows = read_rows(csv_path)                  # with the rows other processes added meanwhile
     selected = [r for r in rows if r["variant"] in variants and int(r["seed"]) in {int(s) for s in seeds}]
     table = summarize(selected, variants)
     header = (f"Dataset `{dataset}`{' (' + str(feature_file) + ')' if feature_file else ''}, seeds "
               f"{', '.join(str(s) for s in seeds)}; test split, MMSA's metrics, mean ± std over seeds. "
               f"DomFrac: fraction of test samples whose largest ratio is on the annotated dominant modality.\n\n")
-    md_path.write_text(header + table)
+    atomic_write_text(md_path, header + table)
     if not csv_path.exists():
         write_rows(rows, csv_path)
-    result = {"csv": csv_path, "markdown": md_path, "table": table, "ran": ran, "failed": failed}
+    result = {"csv": csv_path, "markdown": md_path, "table": table, "ran": ran, "failed": failed,
+              "rerun": rerun}
     if robustness:
-        finished = {(r["variant"], int(r["seed"])) for r in rows}       # failed cells have no weights
-        cells = [(VARIANTS[name], int(seed)) for name in variants for seed in seeds if (name, int(seed)) in finished]
+        finished = done | set(ran)       # failed cells have no weights
+        cells = [(VARIANTS[name], int(seed)) for name, seed in wanted if (name, int(seed)) in finished]
         result["robustness"] = ablation_robustness(out, dataset, cells, robustness, feature_file, config_file,
                                                    config, reference, echo)
     return result

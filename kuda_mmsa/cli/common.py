@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any, Callable, Dict
@@ -33,6 +34,19 @@ def bounded_int(low: int, high: int = None):
     parse.__name__ = "int"
     return parse
 
+
+def finite_float(text):
+    """An argparse type: a finite number (nan and inf are refused with a usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+finite_float.__name__ = "float"
 
 SEED_MAX = 2 ** 32 - 1        # numpy's seeds (MMSA seeds numpy, random and torch alike)
 

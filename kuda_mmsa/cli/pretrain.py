@@ -68,7 +68,7 @@ def run(a: argparse.Namespace) -> int:
     if epochs is not None:
         args.pretrain["epochs"] = dict(args.pretrain["epochs"], **SCHEMA["pretrain.epochs"].check(epochs, "--epochs"))
     device = assign_gpu(a.gpu_ids)
-    features = load_features(args, require_unimodal_labels=bool(args.has_unimodal_labels))
+    features = load_features(args)      # stage 1 checks the unimodal labels (the rule train's stage 1 follows)
     if a.seeds:
         args.pretrain["seed"] = SCHEMA["pretrain.seed"].check(a.seeds[0], "-s/--seeds")
     job = job_from_args(args, device=device, num_workers=a.num_workers, command=pretrain_command(args))

@@ -53,7 +53,7 @@ from ..model.encoders import local_encoder_config
 from ..training.stage1 import job_from_args
 from ..training.sweeps import make_executor
 from ..training.transfer import is_cross_dataset
-from .ablate import read_rows, run_ablation
+from .ablate import finished_cells, read_rows, run_ablation
 from .common import add_flags, command_parser, console_logging, guarded
 from .variants import VARIANTS, Variant, register_variant
 
@@ -287,11 +287,15 @@ def make_plan(datasets, seeds, variants, out: Path, zh=None, en=None, knowledge_
         d = canonical_name(d)
         cfg = dataset_overrides(d, zh, en, knowledge_from, knowledge_text, feature_files, base or {})
         ff = feature_files.get(d)
-        rows = read_rows(out / d / "ablation.csv")
-        finished = {(r["variant"], int(r["seed"])) for r in rows}
         cells = [(v, int(s)) for v in variants for s in seeds]
+        try:        # a cell counts as finished only with the fingerprint it would run with now
+            with peer_encoders(d, cfg.get("pretrained"), variants):
+                finished, rerun = finished_cells(out / d, cells, d, ff, config_file, cfg or None)
+        except KudaInputError:      # not ready (e.g. a missing file): the notes below say why
+            finished, rerun = [], {}
         plan = DatasetPlan(d, ff, cfg.get("pretrained"), cfg, [c for c in cells if c not in finished],
                            [c for c in cells if c in finished])
+        plan.notes += [f"{v} seed {s} runs again: {why}" for (v, s), why in rerun.items()]
         kuda = [v for v in variants if VARIANTS[v].is_kuda]
         folders = {}
         try:
@@ -432,7 +436,7 @@ def write_report(out: Path, plans: List[DatasetPlan], seeds, variants, command: 
                       f"{p.dataset}'s own MMSA features, so the differences say nothing unless this file is that one.\n")
         metrics = []
         for r in rows:
-            metrics += [k for k in r if k not in ("variant", "model", "seed", "seconds", "DomFrac", "Loss")
+            metrics += [k for k in r if k not in ("variant", "model", "seed", "seconds", "DomFrac", "Loss", "cell")
                         and k not in metrics]
         md.append("| variant | metric | ours | seeds | published | Δ | source |")
         md.append("|---|---|---|---|---|---|---|")

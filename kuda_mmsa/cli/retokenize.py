@@ -24,6 +24,7 @@ import numpy as np
 from ..data.validate import SPLITS, check_splits, read_pickle, require_keys
 from ..errors import KudaInputError
 from ..files import atomic_path
+from ..mmsa.args import resolve_pretrained
 from ..model.encoders import load_tokenizer
 from .common import add_flags, command_parser, run_command
 
@@ -79,7 +80,8 @@ def retokenize_data(data: dict, tokenizer, max_length: Optional[int] = None, pat
 
 
 def retokenize_file(feature_file, pretrained, out, max_length: Optional[int] = None) -> Path:
-    tokenizer = load_tokenizer(pretrained)
+    # the names training accepts ('demo-tiny-bert': the local demo BERT) mean the same here
+    tokenizer = load_tokenizer(resolve_pretrained(pretrained))
     if tokenizer is None:
         raise KudaInputError(
             f"No tokenizer was found for --pretrained {pretrained!r} (offline): the folder needs the tokenizer "

@@ -34,7 +34,7 @@ from ..files import atomic_path
 from ..mmsa.args import RUN_KEYS, build_args
 from ..mmsa.trained import load_trained, tester_for
 from ..training.robustness import SUMMARY_METRICS, evaluate_grid, summaries
-from .common import add_flags, command_parser, console_logging, overrides, run_command
+from .common import add_flags, command_parser, console_logging, finite_float, overrides, run_command
 
 DEFAULT_RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 ID_COLUMNS = ["model", "corruption", "modality", "rate", "seed"]
@@ -47,9 +47,10 @@ def add_grid_flags(p, prefix: str = "") -> None:
                        help=f"Corruptions: {', '.join(KINDS)}. Default: all")
     p.add_argument("--modality", nargs="+", default=["T", "V", "A"], type=str.upper, choices=["T", "V", "A"],
                    help="Modalities corrupted (one at a time). Default: T V A")
-    p.add_argument("--rate", nargs="+", type=float, default=list(DEFAULT_RATES),
+    p.add_argument("--rate", nargs="+", type=finite_float, default=list(DEFAULT_RATES),
                    help="Shares of test samples corrupted. Default: 0 0.25 0.5 0.75 1")
-    p.add_argument("--snr-db", type=float, default=0.0, help="Signal-to-noise ratio of 'noise', in dB. Default: 0")
+    p.add_argument("--snr-db", type=finite_float, default=0.0,
+                   help="Signal-to-noise ratio of 'noise', in dB. Default: 0")
 
 
 def check_rates(rates) -> List[float]:

@@ -8,6 +8,7 @@ bool is never taken for a number, nor a number for a bool.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional, Tuple
 
@@ -95,6 +96,11 @@ class Key:
                 return value
         elif k == "float":
             if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise KudaInputError(
+                        f"Config key '{self.name}' ({source}) must be a finite number {self._bounds()}".rstrip()
+                        + f"; found {value!r} (YAML's .nan / .inf, or NaN / Infinity in JSON). "
+                        f"{self.help}")
                 return float(value)
         elif k == "str":
             if isinstance(value, str):

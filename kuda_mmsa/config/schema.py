@@ -23,6 +23,7 @@ KNOWLEDGE_TEXT = ("source", "own", "scratch")
 RATIO_SOURCES = ("reliability", "consensus", "estimate", "prediction", "label")
 PRECISIONS = ("auto", "fp32", "bf16")
 CHECKPOINTING = ("auto", "none", "sequences", "all")
+GRAPH_MODES = ("auto", "off")
 KEY_EVALS = ("Loss", "MAE", "Corr", "Mult_acc_2", "Mult_acc_3", "Mult_acc_5", "Mult_acc_7",
              "F1_score", "Has0_acc_2", "Has0_F1_score", "Non0_acc_2", "Non0_F1_score")
 
@@ -150,6 +151,13 @@ KEYS: List[Key] = [
            "auto: bfloat16 autocast only where the hardware computes it natively (a GPU with "
            "bf16, or a CPU with AVX512-BF16 or AMX), fp32 otherwise; fp32; bf16 (forced).",
            choices=PRECISIONS, tunable=False),
+    _train("cuda_graphs", "str", "auto",
+           "Ours: auto = on a CUDA GPU, capture the training step (forward, backward, clipping, "
+           "AdamW) and the evaluation forward in CUDA graphs after a few eager steps and replay them "
+           "for every full batch (the host no longer launches thousands of kernels per step; the "
+           "padded vision/audio length is kept instead of trimmed per batch); eager on CPUs and in "
+           "data-parallel runs, and where capture is impossible (logged); off = always eager.",
+           choices=GRAPH_MODES, tunable=False),
     _train("KeyEval", "str", None,
            "Validation metric that selects the epoch; null = the dataset's (MMSA's choice).",
            choices=KEY_EVALS, optional=True, tunable=False),

@@ -203,6 +203,8 @@ def read_features(spec: FeatureSpec) -> FeatureSet:
         out[split] = KudaMMDataset(split, text, audio, vision, a_len, v_len, labels,
                                    np.asarray(raw, dtype=object), np.asarray(ids, dtype=object),
                                    None if ann is None else np.asarray(ann, dtype=object))
+        out[split].unimodal_keys = [k for k in UNIMODAL_KEYS if k in sd]    # stage 1 needs all three
+        out[split].source = str(path)
         fp_splits[split] = {
             "n": n, "text": list(text.shape[1:]), "audio": list(audio.shape[1:]),
             "vision": list(vision.shape[1:]),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import time
 from pathlib import Path
@@ -200,10 +201,20 @@ def _stock_args(model_name: str, facts: dict, config_file, overrides, overrides_
                     k, label, sorted(known),
                     where=f"MMSA model '{model_name}' takes the keys of its entry in MMSA's config "
                           f"({mmsa_file.name}) and {', '.join(RUN_KEYS)}.")
+            if k not in RUN_KEYS:
+                _check_finite(k, v, label)
             args[k] = SCHEMA[k].check(v, label) if k in RUN_KEYS else copy.deepcopy(v)
     for k in RUN_KEYS:
         args.setdefault(k, SCHEMA[k].default)
     return args
+
+
+def _check_finite(key: str, value, source: str) -> None:
+    """NaN and infinity are never a setting (MMSA's models would train on them silently)."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        raise KudaInputError(f"Config key '{key}' ({source}) must be a finite number; found {value!r} (YAML's "
+                             f".nan / .inf, or NaN / Infinity in JSON).")
 
 
 def _flat_for(cfg: dict, ds: str) -> dict:

@@ -94,4 +94,6 @@ def MMDataLoader(args, num_workers=0):
     world = int(_get(args, "world_size", 1))
     batch = global_batch_size(int(_get(args, "batch_size", 32)), world, bool(_get(args, "per_rank_batch", False)))
     shard = Shard(int(_get(args, "rank", 0)), world) if world > 1 else None
-    return make_loaders(features.splits, batch, torch.initial_seed(), int(num_workers or 0), shard=shard)
+    cuda = str(_get(args, "device", "cpu")).startswith("cuda") and torch.cuda.is_available()
+    return make_loaders(features.splits, batch, torch.initial_seed(), int(num_workers or 0), shard=shard,
+                        pin_memory=cuda)

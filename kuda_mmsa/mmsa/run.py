@@ -5,10 +5,15 @@ The same result CSVs (``<res>/normal/<dataset>.csv``: one row per call, each met
 (``<log>/<model>-<dataset>.log``) and weights (``<models>/<model>-<dataset>.pth``) as MMSA, and
 MMSA's own models and trainers for stock models. What it adds, before any training: the
 configuration is checked against the schema (kuda) or MMSA's keys (stock models), the output
-folders must be writable, left-over temp files of killed writes are removed, and the data
-is read and validated. During training: weights an earlier run left at the save path are
-never tested as this run's; a diverging run stops with a clear error. At the end: a plain
-results table (no ``np.float64(...)``) and the per-seed results are returned.
+folders must be writable and the results CSVs able to take the row, left-over temp files of
+killed writes are removed, and the data is read and validated. During training: each run
+writes under its own name and holds its lock (kuda_mmsa.training.runs), so runs sharing the
+folders never test each other's weights, and MMSA's weights file becomes the newest finished
+run's; weights an earlier run left at the save path are never tested as this run's; a
+diverging run stops with a clear error. Each seed's row goes to ``<dataset>-seeds.csv`` as
+it ends, and the same command run again skips the seeds that finished. At the end: MMSA's
+row, appended under the file's lock, a plain results table (no ``np.float64(...)``) and the
+per-seed results are returned.
 
 Under torchrun (WORLD_SIZE > 1) a KuDA run is data-parallel (kuda_mmsa.training.distributed):
 each process takes the GPU of its LOCAL_RANK (or the CPU), the process group starts here,
@@ -18,6 +23,7 @@ MMSA's random search or Optuna (``tuner='optuna'``).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -34,9 +40,11 @@ import torch
 
 from ..data.loaders import global_batch_size
 from ..errors import KudaInputError, KudaTrainingError
-from ..files import atomic_path, ensure_writable_dir, remove_stale_temps
+from ..files import (append_csv_row, atomic_path, check_csv_target, ensure_writable_dir, file_lock, lock_path,
+                     remove_stale_temps)
 from ..training import distributed
 from ..training.checkpoints import weights_info_path
+from ..training.runs import RunFiles
 from ..training.metrics import lower_is_better
 from ..training.sweeps import (Cell, EpochMonitor, Executor, InlineExecutor, OptunaReporter, OptunaTuner,
                                TrialPruned, describe_result, run_cells)
@@ -57,6 +65,7 @@ class RunResult:
     per_seed: List[Dict[str, float]]
     args: dict
     csv: Optional[Path] = None
+    weights: List[Path] = field(default_factory=list)   # per seed: the run's own weights
     tune_rows: List[dict] = field(default_factory=list)
     study: Optional[dict] = None            # the best Optuna trial (--tuner optuna)
 
@@ -109,18 +118,50 @@ def _add_handlers(log_dir: Optional[Path], model_name: str, dataset_name: str, v
 
 
 def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool = False,
-             on_epoch=None) -> Dict[str, float]:
+             on_epoch=None, reuse: bool = False, outcome: Optional[dict] = None) -> Dict[str, float]:
     """Train and test one seed (MMSA's _run), with checks: the data is validated before the
     model is built, no stale weights are tested, a diverging stock model is a clear error.
+    The run writes under its own name (kuda_mmsa.training.runs: dataset, model, seed and a
+    settings id) and holds its lock while alive; once tested, MMSA's ``<model>-<dataset>.pth``
+    becomes its weights. ``reuse``: a run an earlier process already finished (its result
+    record matches) is not trained again; its recorded results are returned. ``outcome``
+    (a dict) receives ``run`` (the RunFiles) and ``reused``.
     ``on_epoch(epoch, validation results)`` runs after every KuDA epoch (it may raise to stop).
     In a data-parallel run rank 0 reads the best weights and sends them to the others."""
     ctx = distributed.current()
+    args.setdefault("settings_keys", sorted(args))     # before any trainer adds keys of its own
     dataloader = patches.MMDataLoader(args, num_workers)
     if log_args:  # after the data is read: the shapes and file the run really uses
         logger.info(f"Running with args: {plain_args(args)}")
+    published = Path(args.get("published_save_path") or args["model_save_path"])
+    run = RunFiles.for_args(published, args)
+    args.update(published_save_path=published, model_save_path=run.weights, run_name=run.name)
+    if outcome is not None:
+        outcome.update(run=run, reused=False)
+    what = f"model {args['model_name']}, dataset {args['dataset_name']}, seed {args.get('seed')}"
+    with (run.locked(what) if ctx.is_main else contextlib.nullcontext()):
+        finished = run.finished_result(args) if (reuse and ctx.is_main) else None
+        finished = ctx.broadcast(finished) if ctx.distributed else finished
+        if finished is not None:
+            logger.info(f"Seed {args.get('seed')} was finished by an earlier run of this command (result record "
+                        f"{run.result}, weights {run.weights}): not trained again.")
+            if outcome is not None:
+                outcome["reused"] = True
+            return finished
+        res = _train_and_test(args, dataloader, run, is_tune, on_epoch)
+        if ctx.is_main and not is_tune:
+            run.publish()
+            if reuse:
+                run.write_result(res, args)
+    return res
+
+
+def _train_and_test(args, dataloader, run, is_tune: bool, on_epoch) -> Dict[str, float]:
+    ctx = distributed.current()
     model = patches.AMIO(args).to(args["device"])
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(f"The model has {n_params} trainable parameters")
+    logger.info(f"Run {run.name}: weights {run.weights}")
     trainer = patches.ATIO().getTrain(args)
     if on_epoch is not None:
         if hasattr(trainer, "epoch_callbacks"):
@@ -181,6 +222,8 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
     if bad:
         raise KudaInputError(f"Seeds must be integers in [0, 2**32 - 1] (numpy, random and torch are all "
                              f"seeded with them); found {bad}.")
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    seeds = list(dict.fromkeys(seeds))
     if not isinstance(num_workers, int) or num_workers < 0:
         raise KudaInputError(f"num_workers (-n) must be an integer >= 0; found {num_workers!r}.")
     gpu_ids = list(gpu_ids if gpu_ids is not None else [0])
@@ -217,6 +260,7 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
                               custom_feature=custom_feature)
         global_batch_size(checked["batch_size"], ctx.world_size, bool(checked.get("per_rank_batch")))
         owned = distributed.init(ctx, backend, device)
+    args = None
     try:
         # MMSA draws tune configs from the clock (the same draws on every rank)
         rng = random.Random(ctx.broadcast(time.time_ns()) if ctx.distributed else time.time_ns())
@@ -241,20 +285,38 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
                 return _tune(model_name, dataset_name, config_file, config, config_source, seeds, tune_times,
                              custom_feature, args, eff, dirs, num_workers, rng, executor=executor, tuner=tuner,
                              gpu_ids=gpu_ids, verbose_level=verbose_level)
+            if repeated:
+                logger.warning(f"Seed(s) {repeated} given more than once: each seed runs once (a repeated seed "
+                               f"would give the same result again and shrink the std).")
+            csv_file = dirs["res_save_dir"] / "normal" / f"{dataset_name}.csv"
+            seeds_csv = dirs["res_save_dir"] / "normal" / f"{dataset_name}-seeds.csv"
+            family = _metric_names(args.get("metrics_name"))
+            checks = functools.partial(_check_result_files, csv_file, seeds_csv, family)
+            ctx.on_main(checks) if ctx.distributed else checks()      # before any training
             logger.info(f"Seeds: {seeds}")
             result = RunResult(model_name, dataset_name, seeds, [], dict(args))
+            finished_runs = []
             for i, seed in enumerate(seeds):
                 setup_seed(seed)
                 args["cur_seed"], args["seed"] = i + 1, seed
                 logger.info(f"{'-' * 30} Running with seed {seed} [{i + 1}/{len(seeds)}] {'-' * 30}")
-                res = run_seed(args, num_workers, log_args=(i == 0))
+                outcome = {}
+                res = run_seed(args, num_workers, log_args=(i == 0), reuse=True, outcome=outcome)
                 logger.info(f"Result for seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
                 result.per_seed.append(res)
-            result.csv = dirs["res_save_dir"] / "normal" / f"{dataset_name}.csv"
+                result.weights.append(outcome["run"].weights)
+                finished_runs.append(outcome["run"])
+                if ctx.is_main and not outcome["reused"]:
+                    # this seed's row now, then its record: a rerun of a killed command skips it
+                    _append_seed_row(seeds_csv, model_name, seed, outcome["run"], res)
+                    outcome["run"].write_result(res, args)
+            result.csv = csv_file
             if ctx.is_main:
-                _append_csv(result.csv, model_name, result.per_seed)
+                result.csv = _append_csv(csv_file, model_name, result.per_seed)
+                for run in finished_runs:       # the command is complete: a rerun trains again, as MMSA's
+                    run.forget_result()
             logger.info(f"Results ({model_name} on {dataset_name}, test split):\n{result.table()}")
-            logger.info(f"Results saved to {result.csv}.")
+            logger.info(f"Results saved to {result.csv} (per seed: {seeds_csv}).")
             return result
         finally:
             for h in handlers:
@@ -262,7 +324,8 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
                 h.close()
     except Exception as e:
         if ctx.distributed and distributed.is_peer_failure(e):
-            resume = dirs["model_save_dir"] / f"{model_name}-{dataset_name}.pth.resume"
+            run_path = (args or {}).get("model_save_path")
+            resume = Path(str(run_path) + ".resume") if run_path else None
             raise KudaTrainingError(distributed.peer_failure_message(ctx, e, resume)) from None
         raise
     finally:
@@ -270,17 +333,60 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
             distributed.shutdown()
 
 
+def _metric_names(family) -> List[str]:
+    """The metric names MMSA reports for a metrics family (SIMS, MOSI, MOSEI), in its order."""
+    from ..training.metrics import metrics_for
+
+    y = torch.linspace(-1, 1, 12).view(-1, 1)
+    try:
+        return list(metrics_for(family or "SIMS")(y, y.flip(0)))
+    except KudaInputError:
+        return []
+
+
+def _check_result_files(csv_file: Path, seeds_csv: Path, metrics: List[str]) -> None:
+    """Refuse, before training, a results CSV this run could not add its row to."""
+    def results_header(header):
+        missing = [m for m in metrics if m not in header]
+        if header[:1] != ["Model"] or missing:
+            return (f"has the columns {header}, not MMSA's results layout for this dataset (Model, then "
+                    f"{', '.join(metrics)} and Loss; missing: {missing or ['Model']}).")
+        return None
+
+    def seeds_header(header):
+        if header[:3] != list(SEED_COLUMNS):
+            return f"has the columns {header}; a per-seed results file starts with {list(SEED_COLUMNS)}."
+        return None
+
+    check_csv_target(csv_file, "results CSV", "--res-save-dir", results_header)
+    check_csv_target(seeds_csv, "per-seed results CSV", "--res-save-dir", seeds_header)
+
+
+SEED_COLUMNS = ("Model", "seed", "run")
+
+
+def _append_seed_row(seeds_csv: Path, model_name: str, seed: int, run, res: Dict[str, float]) -> Path:
+    """One finished seed's test metrics (full precision), written as soon as the seed ends."""
+    header = list(SEED_COLUMNS) + list(res) + ["weights"]
+    row = [model_name, seed, run.name] + [repr(float(v)) for v in res.values()] + [str(run.weights)]
+    where, why = append_csv_row(seeds_csv, header, row)
+    if why:
+        logger.warning(f"Seed {seed}'s row could not be added to {seeds_csv} ({why}); it is in {where}.")
+    return where
+
+
 def _append_csv(csv_file: Path, model_name: str, per_seed: List[Dict[str, float]]) -> Path:
-    """MMSA's result row: the model, then (mean x 100, std x 100) per metric."""
+    """MMSA's result row: the model, then (mean x 100, std x 100) per metric; appended under
+    the file's lock. A file whose columns changed during the run gets the row in a side file
+    (named in the log): the result is never lost."""
     metrics = list(per_seed[0])
-    row = [model_name] + [(round(float(np.mean([r[m] for r in per_seed]) * 100), 2),
-                           round(float(np.std([r[m] for r in per_seed]) * 100), 2)) for m in metrics]
-    # object columns: cells hold (mean, std) tuples, as MMSA writes them
-    df = (pd.read_csv(csv_file) if csv_file.is_file() else pd.DataFrame(columns=["Model"] + metrics)).astype(object)
-    df.loc[len(df)] = row
-    with atomic_path(csv_file) as tmp:
-        df.to_csv(tmp, index=None)
-    return csv_file
+    row = [model_name] + [str((round(float(np.mean([r[m] for r in per_seed]) * 100), 2),
+                               round(float(np.std([r[m] for r in per_seed]) * 100), 2))) for m in metrics]
+    where, why = append_csv_row(csv_file, ["Model"] + metrics, row)
+    if why:
+        logger.warning(f"The results row could not be added to {csv_file} ({why}); it was written to {where} "
+                       f"instead.")
+    return where
 
 
 def _tune(model_name, dataset_name, config_file, config, config_source, seeds, tune_times, custom_feature,
@@ -307,10 +413,11 @@ def _tune(model_name, dataset_name, config_file, config, config_source, seeds, t
 
     def record(params, res):
         if ctx.is_main:
-            df = pd.read_csv(csv_file) if csv_file.is_file() else pd.DataFrame(columns=d_paras + list(res))
-            df.loc[len(df)] = [params[c] for c in d_paras] + [res[k] for k in res]
-            with atomic_path(csv_file) as tmp:
-                df.to_csv(tmp, index=None)
+            with file_lock(lock_path(csv_file)):     # other tuners may add rows to the same file
+                df = pd.read_csv(csv_file) if csv_file.is_file() else pd.DataFrame(columns=d_paras + list(res))
+                df.loc[len(df)] = [params[c] for c in d_paras] + [res[k] for k in res]
+                with atomic_path(csv_file) as tmp:
+                    df.to_csv(tmp, index=None)
         result.per_seed.append(res)
         result.tune_rows.append({**{c: params[c] for c in d_paras}, **res})
         logger.info(f"Results saved to {csv_file}.")
@@ -404,7 +511,8 @@ def run_trial(model_name: str, dataset_name: str, params: dict, seed: int, trial
             res = run_seed(args, num_workers, is_tune=True, log_args=True, on_epoch=monitor)
         except TrialPruned as e:
             logger.info(f"Trial {e}")
-            for p in (save, weights_info_path(save), Path(str(save) + ".resume")):
+            own = Path(args["model_save_path"])          # the trial's run files (run_seed set it)
+            for p in (own, weights_info_path(own), Path(str(own) + ".resume")):
                 p.unlink(missing_ok=True)
             return {"pruned": True, "valid": monitor.best, "epochs": monitor.epochs, "results": None}
         logger.info("Trial results: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
@@ -449,9 +557,10 @@ def _tune_optuna(model_name, dataset_name, config_file, config, config_source, s
         if state == "complete":
             res = value["results"]
             row = {"trial": number, **params, f"valid_{key}": value["valid"], **res}
-            rows = pd.read_csv(csv_file).to_dict("records") if csv_file.is_file() else []
-            with atomic_path(csv_file) as tmp:
-                pd.DataFrame(rows + [row]).to_csv(tmp, index=None)
+            with file_lock(lock_path(csv_file)):
+                rows = pd.read_csv(csv_file).to_dict("records") if csv_file.is_file() else []
+                with atomic_path(csv_file) as tmp:
+                    pd.DataFrame(rows + [row]).to_csv(tmp, index=None)
             result.per_seed.append(res)
             result.tune_rows.append(row)
             logger.info(f"[tune] trial {number} {params}: {describe_result(r)} ({shown})")

@@ -59,7 +59,27 @@ def read_weights(weights) -> dict:
             f"pass the weights a KuDA run saved.")
     if not any(k.startswith("Model.") for k in state):
         state = {f"Model.{k}": v for k, v in state.items()}
+    if not any(k.startswith("Model.branches.") for k in state):
+        shown = ", ".join(sorted(state)[:3])
+        raise KudaCheckpointError(
+            f"{path} (--weights) holds no KuDA model: KuDA's weights have the tensors of its three branches "
+            f"(Model.branches.T/V/A.*), these have {len(state)} tensor(s) such as {shown}. They were saved by "
+            f"another model (e.g. one of MMSA's); explain, evaluate and robustness take the weights a KuDA run "
+            f"saved (e.g. ~/MMSA/saved_models/kuda-<dataset>.pth).")
+    check_finite_state(state, path)
     return state
+
+
+def check_finite_state(state: dict, path) -> None:
+    """Weights with NaN or infinity come from a run that diverged: every prediction would be
+    NaN. Refused with the tensors named."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise KudaCheckpointError(
+            f"The weights {path} hold NaN or infinite values in {len(bad)} of {len(state)} tensor(s) (e.g. "
+            f"{', '.join(bad[:3])}): they were saved by a run that diverged, so every prediction would be NaN. "
+            f"Nothing was evaluated. Use the weights of a run that finished (train again with a lower "
+            f"learning_rate, or grad_clip).")
 
 
 def load_trained(weights, dataset: Optional[str] = None, config_file=None, feature_file=None,
@@ -96,7 +116,10 @@ def tester_for(args, features=None, model=None):
     features = features or load_features(args)
     if model is None:
         model = AMIO(args)
-        model.load_state_dict(read_checkpoint(args["model_save_path"], "The weights file"))
+        state = read_checkpoint(args["model_save_path"], "The weights file")
+        if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
+            check_finite_state(state, args["model_save_path"])
+        model.load_state_dict(state)
     model.to(args["device"]).eval()
     trainer = ATIO().getTrain(args)
 

@@ -26,7 +26,7 @@ from torch import nn
 from ..errors import KudaInputError
 from .adapters import AdapterChain, UnimodalDecoder
 from .config import KuDAConfig, scaled_layer_indices
-from .layers import TransformerStack, padding_mask, use_mask_dropout
+from .layers import TransformerStack, capturing, padding_mask, use_mask_dropout
 
 ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "electra")
 
@@ -140,23 +140,31 @@ class TextBranch(nn.Module):
         ids = text[:, 0].long()
         attn = text[:, 1].long()
         seg = text[:, 2].long()
-        self.check_ids(ids)
+        if not capturing():     # a captured step checks its batch on the host (check_text)
+            self.check_text(text)
         if self.pad_id is not None:
             ids = ids.masked_fill(attn == 0, int(self.pad_id))
         out = {"input_ids": ids, "attention_mask": attn}
         if self.takes_token_types:
             if self.type_vocab_size >= 2:
-                lo, hi = int(seg.min()), int(seg.max())
-                if lo < 0 or hi >= self.type_vocab_size:
-                    raise KudaInputError(
-                        f"Segment ids in 'text_bert' (its third row) range over [{lo}, {hi}] but the text "
-                        f"encoder {self.bert.config.name_or_path!r} has {self.type_vocab_size} token types. "
-                        "The feature file was made for another encoder: rebuild the ids with "
-                        "`python -m kuda_mmsa retokenize`.")
                 out["token_type_ids"] = seg
             elif self.type_vocab_size == 1:
                 out["token_type_ids"] = torch.zeros_like(seg)
         return out
+
+    def check_text(self, text: torch.Tensor) -> None:
+        """Refuse token or segment ids this encoder does not have (KudaInputError). Reads the
+        values on the host: given a CPU batch, it costs the GPU nothing."""
+        self.check_ids(text[:, 0].long())
+        if self.takes_token_types and self.type_vocab_size >= 2:
+            seg = text[:, 2].long()
+            lo, hi = int(seg.min()), int(seg.max())
+            if lo < 0 or hi >= self.type_vocab_size:
+                raise KudaInputError(
+                    f"Segment ids in 'text_bert' (its third row) range over [{lo}, {hi}] but the text "
+                    f"encoder {self.bert.config.name_or_path!r} has {self.type_vocab_size} token types. "
+                    "The feature file was made for another encoder: rebuild the ids with "
+                    "`python -m kuda_mmsa retokenize`.")
 
     def forward(self, text: torch.Tensor, masked: bool = True) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         inputs = self.encoder_inputs(text)
@@ -213,9 +221,10 @@ class SequenceBranch(nn.Module):
         pad = None
         if lengths is not None:
             lengths = lengths.to(x.device)
-            if masked and self.trim_padding:
+            if masked and self.trim_padding and not capturing():
                 # Steps past the longest sample of the batch are padding for every sample and,
-                # masked everywhere, change nothing: skip them (long audio, short clips).
+                # masked everywhere, change nothing: skip them (long audio, short clips). A
+                # captured step keeps the padded length: its shapes must not depend on data.
                 keep = int(lengths.max().clamp(min=1, max=l))
                 x, l = x[:, :keep], keep
             pad = padding_mask(lengths, l)

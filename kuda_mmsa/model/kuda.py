@@ -13,7 +13,7 @@ added), it does not enter the first fused sequence F0, and the correlation-estim
 skips it. ``modality_dropout`` makes modalities missing at random in training so the model
 learns that case; static fusion and reference mode weigh every modality 1 as the paper does.
 """
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -99,6 +99,23 @@ class KuDA(nn.Module):
         ``modalities`` stops training; their encoders and everything else keep training."""
         for p in self.knowledge_parameters(modalities):
             p.requires_grad_(False)
+
+    # ------------------------------------------------------------------ captured steps
+    def check_inputs(self, text: torch.Tensor, **_) -> None:
+        """The input checks forward makes on the host (token and segment ids), for a step
+        replayed from a CUDA graph, which cannot make them: given the CPU batch, they cost the
+        GPU nothing."""
+        self.branches["T"].check_text(text)
+
+    def capture_blockers(self) -> List[str]:
+        """Why a training step of this model cannot be captured in a CUDA graph (none: it can)."""
+        why = []
+        if self.config.modality_dropout > 0:
+            why.append("modality_dropout > 0 decides on the host which modalities to drop")
+        if self.config.gradient_checkpointing in ("sequences", "all"):
+            why.append(f"gradient_checkpointing: {self.config.gradient_checkpointing} saves and restores the "
+                       "random state on the host to recompute dropout")
+        return why
 
     # ------------------------------------------------------------------ ratio
     def _ratio(self, scores: torch.Tensor, labels: Optional[torch.Tensor], estimate: Optional[torch.Tensor],

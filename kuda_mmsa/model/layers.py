@@ -50,6 +50,12 @@ class Dropout(nn.Dropout):
         return _MaskDropout.apply(x, threshold)
 
 
+def capturing() -> bool:
+    """True while a CUDA graph is being captured on the current stream: nothing may then read
+    a GPU value on the host (``int(t)``, ``.item()``, data-dependent shapes)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def use_mask_dropout(module: nn.Module) -> nn.Module:
     """Swap every plain nn.Dropout inside ``module`` (a Hugging Face text encoder) for Dropout."""
     for parent in module.modules():
@@ -105,13 +111,14 @@ class SelfAttention(nn.Module):
         b, l, _ = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         p = self.attn_dropout if self.training else 0.0
-        if p == 0.0 and x.device.type == "cpu" and ops.compiled("cpu"):
-            # The fused kernel with one source and weight 1 is plain masked attention, and on
-            # CPU it beats SDPA's flash path at these shapes (forward + backward, 2 threads,
-            # padded lengths: 1.6x at L 925 / head dim 16, 1.5x at L 232, 1.7x at L 50). On
-            # CUDA SDPA stays: it is faster at long sequences there.
+        one = x.new_ones(b, 1)
+        if p == 0.0 and ops.route(q[:, None], k[:, None], v[:, None], one) == "kernel":
+            # The fused kernel with one source and weight 1 is plain masked attention. On CPU
+            # it beats SDPA's flash path at these shapes (forward + backward, 2 threads,
+            # padded lengths: 1.6x at L 925 / head dim 16, 1.5x at L 232, 1.7x at L 50); on
+            # CUDA where ops.route says so (short keys, or fp32 at head dim 16: 1.6x at L 925).
             kpm = None if pad is None else pad[:, None, :]
-            y = ops.ratio_cross_attention(q[:, None], k[:, None], v[:, None], x.new_ones(b, 1), kpm)[:, 0]
+            y = ops.ratio_cross_attention(q[:, None], k[:, None], v[:, None], one, kpm)[:, 0]
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(pad), dropout_p=p)
         return self.out(y.transpose(1, 2).reshape(b, l, self.heads * self.head_dim))

@@ -29,6 +29,15 @@ the reference (or raise under ``require``). fp64 is one of them: the compiled ke
 in fp32 and refuse fp64 with a clear error, so fp64 inputs (``torch.autograd.gradcheck``)
 run the reference, which then computes in fp64, never downcasting.
 
+CUDA routing: measured as GPU time on an H200, the fused CUDA kernels win in fp32 where the
+keys are few (the DAF blocks attend over the text length, ~50 keys: 1.27x SDPA forward +
+backward) or the heads narrow (head dim 16: 1.5x at 925 keys), and lose to PyTorch's SDPA
+elsewhere, in fp16/bf16 at every length. In ``auto`` mode every other CUDA call therefore
+runs as SDPA over the M stacked sources with the weight applied afterwards
+(``attention_by_sdpa``), with the same contract (an all-padding row gives zeros and zero
+gradients); ``require`` always runs the kernel. ``route(q, k, v, weight)`` says which one a
+call takes.
+
 Tensor cores (opt-in): with ``KUDA_MMSA_TC=1`` (read at every call, so it can be switched at
 run time), fp16/bf16 inputs on an sm_80+ GPU run a FlashAttention-style WMMA kernel (fp32
 accumulation; softmax probabilities and their gradients rounded to the input dtype before
@@ -91,6 +100,43 @@ def _kernel_takes(q, k, v, weight, key_padding_mask) -> Optional[str]:
     return None
 
 
+# CUDA routing (auto mode), from GPU time per call on an H200 (tools/bench_kernels.py, calls
+# replayed from CUDA graphs as the captured training step runs them; SDPA = cuDNN/flash or
+# memory-efficient): the kernels win in fp32 at up to 64 keys (1.24x forward, 1.27x forward +
+# backward at the DAF shape) and at head dim 16 (1.5-1.6x at 925 keys), tie in fp32 at 128
+# keys and lose from there; in fp16/bf16 SDPA's tensor-core kernels win at every length
+# (the SIMT kernel: 0.66x forward + backward at 50 keys, 0.14x at 500).
+CUDA_KERNEL_MAX_KEYS = 64
+CUDA_KERNEL_FP32_MAX_HEAD_DIM = 16
+
+
+def route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, weight: torch.Tensor) -> str:
+    """"kernel", "sdpa" or "reference": what ratio_cross_attention runs for these inputs."""
+    if q.dim() == 5 and q.device.type == "cuda" and _MODE == "auto" and not (
+            q.dtype == torch.float32
+            and (k.shape[3] <= CUDA_KERNEL_MAX_KEYS or q.shape[-1] <= CUDA_KERNEL_FP32_MAX_HEAD_DIM)):
+        return "sdpa"
+    return "kernel" if _kernel_takes(q, k, v, weight, None) is None else "reference"
+
+
+def attention_by_sdpa(q, k, v, weight, key_padding_mask=None, scale=None) -> torch.Tensor:
+    """ratio_cross_attention computed by scaled_dot_product_attention over the B*M stacked
+    sources, then the weight. A (b, m) whose keys are all padding attends to all of them (so
+    SDPA is defined) with weight 0, hence zeros and zero gradients, as the kernels give."""
+    b, m, h, lq, d = q.shape
+    lk = k.shape[3]
+    attn_mask = None
+    if key_padding_mask is not None:
+        keep = key_padding_mask.logical_not()                                # [B, M, Lk]
+        alive = keep.any(-1, keepdim=True)                                   # [B, M, 1]
+        attn_mask = (keep | ~alive).view(b * m, 1, 1, lk)   # a dead (b, m) attends to all keys ...
+        weight = weight * alive[..., 0]                     # ... and weighs 0
+    o = torch.nn.functional.scaled_dot_product_attention(
+        q.reshape(b * m, h, lq, d), k.reshape(b * m, h, lk, d), v.reshape(b * m, h, lk, d),
+        attn_mask=attn_mask, scale=scale)
+    return (o.view(b, m, h, lq, d) * weight.to(o.dtype)[:, :, None, None, None]).to(q.dtype)
+
+
 def ratio_cross_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -102,6 +148,8 @@ def ratio_cross_attention(
     """Fused ratio-weighted cross-attention over M stacked sources (see module docstring)."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
+    if route(q, k, v, weight) == "sdpa":
+        return attention_by_sdpa(q, k, v, weight, key_padding_mask, scale)
     why_not = _kernel_takes(q, k, v, weight, key_padding_mask)
     if why_not is None:
         if key_padding_mask is not None and key_padding_mask.dtype != torch.bool:
@@ -114,4 +162,5 @@ def ratio_cross_attention(
     return ratio_cross_attention_reference(q, k, v, weight, key_padding_mask, scale)
 
 
-__all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "backend", "compiled", "tensor_cores_requested"]
+__all__ = ["ratio_cross_attention", "ratio_cross_attention_reference", "attention_by_sdpa", "route", "backend",
+           "compiled", "tensor_cores_requested", "CUDA_KERNEL_MAX_KEYS", "CUDA_KERNEL_FP32_MAX_HEAD_DIM"]

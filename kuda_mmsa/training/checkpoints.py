@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import __version__
 from ..errors import KudaCheckpointError, KudaStaleStateError
-from ..files import atomic_path, default_knowledge_root
+from ..files import atomic_path, default_knowledge_root, write_error
 
 KNOWLEDGE_FORMAT = "kuda_mmsa.knowledge/2"
 RESUME_FORMAT = "kuda_mmsa.resume/2"
@@ -31,8 +31,17 @@ MODALITY_NAMES = {"T": "text", "V": "vision", "A": "audio"}
 
 
 def atomic_save(obj: Any, path) -> Path:
+    """torch.save into a temp file, renamed over ``path`` when complete. A write that fails
+    (full disk, file size limit: torch reports it as a RuntimeError such as 'unexpected pos' or
+    'iostream error', not an OSError) is one paragraph saying so, and ``path`` keeps its
+    previous content."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:    # our states always pickle: torch's writer failed to write
+            text = str(e)
+            first = text.strip().splitlines()[0] if text.strip() else "torch.save failed"
+            raise write_error(path, f"torch.save: {first[:160]}") from None
     return Path(path)
 
 

@@ -34,6 +34,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from .. import files
 from ..data.loaders import Shard, ShardedBatchSampler
 from ..errors import KudaError, KudaInputError, KudaTrainingError
 from .evaluation import Predictions, predict
@@ -263,15 +264,16 @@ def _empty_predictions() -> Predictions:
     return Predictions(torch.zeros(0, 1), torch.zeros(0, 1), torch.zeros(0, 3), torch.zeros(0, 3), [])
 
 
-def predict_split(ctx: DistContext, model, loader, device, precision: str = "fp32") -> Predictions:
+def predict_split(ctx: DistContext, model, loader, device, precision: str = "fp32", forward=None) -> Predictions:
     """``predict`` over the whole split: in a data-parallel run each rank predicts its share
-    and the shares are gathered in the split's order (every sample once)."""
+    and the shares are gathered in the split's order (every sample once). ``forward``: as
+    predict's."""
     model = unwrap(model)
     sampler = getattr(loader, "batch_sampler", None)
     if not (ctx.distributed and isinstance(sampler, ShardedBatchSampler)):
-        return predict(model, loader, device, precision)
+        return predict(model, loader, device, precision, forward=forward)
     positions = sampler.local_positions()
-    local = predict(model, loader, device, precision) if positions else _empty_predictions()
+    local = predict(model, loader, device, precision, forward=forward) if positions else _empty_predictions()
     shares = ctx.all_gather((positions, local.pred, local.labels, local.unimodal, local.ratio, local.ids))
     n = sampler.n
     order: List[Optional[Tuple[int, int]]] = [None] * n
@@ -311,19 +313,5 @@ def peer_failure_message(ctx: DistContext, exc: BaseException, resume: Optional[
 def file_lock(folder):
     """An exclusive lock on ``<folder>/.kuda-mmsa.lock`` between processes (parallel sweep
     cells that share one stage-1 knowledge folder); a no-op where locks are unavailable."""
-    try:
-        import fcntl
-
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        handle = open(Path(folder) / ".kuda-mmsa.lock", "a")
-    except (ImportError, OSError):
+    with files.file_lock(Path(folder) / ".kuda-mmsa.lock", required=False):
         yield
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
-    finally:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-        finally:
-            handle.close()

@@ -9,14 +9,14 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from .precision import autocast
+from .step import EvalForward
 
 
-def batch_inputs(batch, device) -> dict:
-    """The model's keyword inputs from an MMSA batch."""
-    lengths = {k: torch.as_tensor(batch[k]).to(device) if k in batch else None
-               for k in ("audio_lengths", "vision_lengths")}
-    return dict(text=batch["text"].to(device), audio=batch["audio"].to(device),
-                vision=batch["vision"].to(device), **lengths)
+def batch_inputs(batch, device=None) -> dict:
+    """The model's keyword inputs from an MMSA batch (moved to ``device`` unless it is None)."""
+    move = (lambda t: t) if device is None else (lambda t: t.to(device))
+    lengths = {k: move(torch.as_tensor(batch[k])) for k in ("audio_lengths", "vision_lengths") if k in batch}
+    return dict(text=move(batch["text"]), audio=move(batch["audio"]), vision=move(batch["vision"]), **lengths)
 
 
 @dataclass
@@ -37,24 +37,38 @@ class Predictions:
         return out
 
 
+def eval_forward(model, device, precision: str = "fp32", graphs: bool = False) -> EvalForward:
+    """The evaluation forward of ``predict``: prediction, unimodal scores and ratio in fp32,
+    replayed from a CUDA graph when ``graphs`` (see training.step)."""
+    def fn(x):
+        with autocast(device, precision):
+            out = model(**x)
+        return {"M": out["M"].float(), "unimodal": torch.cat([out[m] for m in "TVA"], -1).float(),
+                "ratio": out["ratio"].float()}
+
+    return EvalForward(fn, device, graphs, check=getattr(model, "check_inputs", None))
+
+
 @torch.no_grad()
 def predict(model, loader, device, precision: str = "fp32",
-            transform: Optional[Callable[[dict], dict]] = None) -> Predictions:
+            transform: Optional[Callable[[dict], dict]] = None, forward: Optional[EvalForward] = None) -> Predictions:
     """Evaluation-mode outputs over `loader`; `transform(batch) -> batch` may change the
-    inputs first (test-time corruption)."""
+    inputs first (test-time corruption); ``forward``: an ``eval_forward`` of this model to
+    reuse (its CUDA graph), else an eager one."""
     model.eval()
+    forward = forward or eval_forward(model, device, precision)
     preds, labels, uni, ratio, ids = [], [], [], [], []
     for batch in loader:
         if transform is not None:
             batch = transform(batch)
-        with autocast(device, precision):
-            out = model(**batch_inputs(batch, device))
-        preds.append(out["M"].float().cpu())
+        out = forward(batch_inputs(batch))
+        preds.append(out["M"])           # on the device until the end: no sync per batch
+        uni.append(out["unimodal"])
+        ratio.append(out["ratio"])
         labels.append(batch["labels"]["M"].view(-1, 1).float())
-        uni.append(torch.cat([out[m] for m in "TVA"], -1).float().cpu())
-        ratio.append(out["ratio"].float().cpu())
         ids.extend(str(i) for i in batch["id"])
-    return Predictions(torch.cat(preds), torch.cat(labels), torch.cat(uni), torch.cat(ratio), ids)
+    cat = lambda xs: torch.cat(xs).cpu()
+    return Predictions(cat(preds), torch.cat(labels), cat(uni), cat(ratio), ids)
 
 
 # ---------------------------------------------------------------------- dominant modality

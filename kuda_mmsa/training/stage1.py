@@ -14,6 +14,7 @@ checkpoint is already there for the same data and settings is not trained again.
 """
 import json
 import logging
+import math
 import random
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,14 +29,15 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __in
                        # workers, prefetches), so results changed with -n
 
 from ..data.loaders import make_loaders
-from ..errors import KudaCheckpointError, KudaStaleStateError, KudaTrainingError
-from ..files import atomic_write_text, remove_stale_temps
+from ..errors import KudaCheckpointError, KudaInputError, KudaStaleStateError, KudaTrainingError
+from ..files import atomic_write_text, ensure_writable_dir, remove_stale_temps
 from ..model import KuDAConfig, build_branch, text_encoder_info
 from ..model.encoders import check_tokenization, load_tokenizer
 from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin, data_content,
                           cpu_state_dict, describe_differences, knowledge_paths, plain, read_checkpoint,
                           read_knowledge, read_resume, save_knowledge)
-from .optim import make_adamw
+from .optim import load_optimizer_state, make_adamw
+from .step import TrainStep, graphs_wanted
 
 logger = logging.getLogger("MMSA")
 MODALITY_STREAM = {"T": 0, "V": 1, "A": 2}
@@ -56,6 +58,7 @@ class Stage1Job:
     progress: bool = True
     masked: bool = True                 # False with the authors' padding (reference mode): means over padding
     data_name: str = ""                 # the feature file's name: other files get their own knowledge
+    cuda_graphs: str = "auto"           # how the steps run (training.step), not what they compute
 
     def settings(self, modality: Optional[str] = None) -> dict:
         """What defines the knowledge (all modalities, or one modality's training): compared
@@ -86,7 +89,8 @@ def job_from_args(args: Mapping[str, Any], device=None, num_workers: int = 0,
         device=device or args.get("device") or "cpu", seed=int(args["pretrain"].get("seed", 1111)),
         num_workers=int(num_workers or 0), progress=bool(args.get("progress", True)),
         masked=not model.authors("padding"),
-        data_name=Path(str(args.get("custom_feature") or args.get("featurePath") or "")).name)
+        data_name=Path(str(args.get("custom_feature") or args.get("featurePath") or "")).name,
+        cuda_graphs=args["cuda_graphs"])
     job.paths = knowledge_paths(args.get("knowledge_dir"), dataset, args.get("pretrained"), job.settings())
     job.command = command or pretrain_command(args)
     return job
@@ -105,17 +109,19 @@ def pretrain_command(args: Mapping[str, Any]) -> str:
 
 
 def branch_inputs(batch: Mapping[str, Any], modality: str, device) -> tuple:
+    """The branch's inputs from an MMSA batch (moved to ``device`` unless it is None)."""
+    move = (lambda t: t) if device is None else (lambda t: t.to(device))
     if modality == "T":
-        return (batch["text"].to(device),)
+        return (move(batch["text"]),)
     key = "vision" if modality == "V" else "audio"
     lengths = batch.get(f"{key}_lengths")
-    return batch[key].to(device), None if lengths is None else torch.as_tensor(lengths).to(device)
+    return move(batch[key]), None if lengths is None else move(torch.as_tensor(lengths))
 
 
 def unimodal_target(batch: Mapping[str, Any], modality: str, device) -> torch.Tensor:
     labels = batch["labels"]
     y = labels[modality] if modality in labels else labels["M"]
-    return y.to(device).view(-1, 1)
+    return (y if device is None else y.to(device)).view(-1, 1)
 
 
 @contextmanager
@@ -160,15 +166,17 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
 
     _seed_all(job.seed + MODALITY_STREAM[modality])
     loaders = make_loaders(datasets, int(job.pretrain["batch_size"]), job.seed, job.num_workers,
-                           stream=MODALITY_STREAM[modality] + 1)
+                           stream=MODALITY_STREAM[modality] + 1, pin_memory=torch.device(job.device).type == "cuda")
     branch = build_branch(job.model, modality).to(device)
-    opt = make_adamw(branch.parameters(), lr=float(job.pretrain["learning_rate"]),
-                     weight_decay=float(job.pretrain["weight_decay"]))
+    graphs, _ = graphs_wanted(job.cuda_graphs, device)
+    params = list(branch.parameters())
+    opt = make_adamw(params, lr=float(job.pretrain["learning_rate"]),
+                     weight_decay=float(job.pretrain["weight_decay"]), capturable=graphs)
     early_stop = int(job.pretrain.get("early_stop", epochs))
     start, best, best_epoch, best_state = 0, float("inf"), 0, None
     if state is not None:
         branch.load_state_dict(state["branch"])
-        opt.load_state_dict(state["optimizer"])
+        load_optimizer_state(opt, state["optimizer"])
         start, best, best_epoch = int(state["epoch"]), float(state["best"]), int(state["best_epoch"])
         best_state = state["best_state"] or None
         torch.set_rng_state(state["rng"])
@@ -176,28 +184,41 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
         logger.info(f"Stage 1 [{name}]: resuming after epoch {start} from {partial}")
 
     mse = nn.MSELoss()
+
+    def step_inputs(batch) -> dict:
+        x = dict(zip(("features", "lengths"), branch_inputs(batch, modality, None)))
+        return {**{k: v for k, v in x.items() if v is not None}, "y": unimodal_target(batch, modality, None)}
+
+    def forward_loss(x):
+        args = (x["features"],) if modality == "T" else (x["features"], x.get("lengths"))
+        _, score, _ = branch(*args, masked=job.masked)
+        loss = mse(score, x["y"])
+        return loss, {"loss": loss.detach()}
+
+    blockers = [f"gradient_checkpointing: {job.model.gradient_checkpointing} restores the random state on the host"] \
+        if job.model.gradient_checkpointing in ("sequences", "all") else []
+    check = (lambda features, **_: branch.check_text(features)) if modality == "T" else None
+    train_step = TrainStep(forward_loss, params, opt, 0.0, device, graphs=graphs, blockers=blockers,
+                           check=check, what=f"The stage-1 {name} step")
     stopped = start > 0 and start - best_epoch >= early_stop
     for epoch in range(start + 1, epochs + 1):
         if stopped:
             break
         branch.train()
-        running, seen = 0.0, 0
+        running, seen = torch.zeros((), device=device), 0
         bar = tqdm(loaders["train"], desc=f"stage 1 {name} {epoch}/{epochs}", disable=not job.progress, leave=False)
-        for batch in bar:
-            opt.zero_grad(set_to_none=True)  # before the forward: see the trainer
-            _, score, _ = branch(*branch_inputs(batch, modality, device), masked=job.masked)
-            y = unimodal_target(batch, modality, device)
-            loss = mse(score, y)
-            if not torch.isfinite(loss):
-                raise KudaTrainingError(
-                    f"Stage 1 [{name}] diverged: the loss is {loss.item()} in epoch {epoch}. The last "
-                    f"finished epoch is saved in {partial}; lower pretrain.learning_rate and delete that "
-                    f"file to start again.")
-            loss.backward()
-            opt.step()
-            running += loss.item() * y.shape[0]
-            seen += y.shape[0]
-            bar.set_postfix(mse=f"{running / seen:.4f}")
+        for i, batch in enumerate(bar):
+            x = step_inputs(batch)
+            running += train_step(x)["loss"] * x["y"].shape[0]       # on the device: no sync per step
+            seen += x["y"].shape[0]
+            if job.progress and i % 10 == 0:
+                bar.set_postfix(mse=f"{running.item() / seen:.4f}")
+        running = running.item()
+        if not math.isfinite(running):
+            raise KudaTrainingError(
+                f"Stage 1 [{name}] diverged: the training loss became non-finite ({running}) in epoch {epoch}. "
+                f"The last finished epoch is saved in {partial}; lower pretrain.learning_rate and delete that "
+                f"file to start again.")
         valid = _evaluate(branch, loaders["valid"], modality, device, job.masked)
         if valid < best - 1e-6:
             best, best_epoch, best_state = valid, epoch, cpu_state_dict(branch)
@@ -262,6 +283,33 @@ def check_text_data(datasets: Optional[Mapping[str, Any]], pretrained: Any, wher
                               hint=hint)
 
 
+UNIMODAL_LABELS = ("regression_labels_T", "regression_labels_V", "regression_labels_A")
+
+
+def check_unimodal_labels(job: Stage1Job, datasets: Optional[Mapping[str, Any]]) -> None:
+    """Stage 1's one rule for its targets (``pretrain`` and the automatic stage 1 of ``train``
+    alike): a dataset with unimodal labels (the SIMS sets, the demo) trains each modality on its
+    own label, so every split must hold all three; none is replaced by the multimodal label
+    silently. Datasets without unimodal labels (MOSI, MOSEI) use the multimodal label, with a
+    warning."""
+    if not job.has_unimodal_labels or not datasets:
+        return
+    for split, ds in datasets.items():
+        found = getattr(ds, "unimodal_keys", None)
+        if found is None:       # a dataset object of another kind: its labels say what it has
+            found = [k for k, m in zip(UNIMODAL_LABELS, "TVA") if m in getattr(ds, "labels", {})]
+        missing = [k for k in UNIMODAL_LABELS if k not in found]
+        if missing:
+            where = getattr(ds, "source", None) or ((job.origin.get("data") or {}).get("file") or {}).get("path")
+            raise KudaInputError(
+                f"The feature file '{where}', split '{split}', lacks {', '.join(missing)}"
+                f"{' (it has ' + ', '.join(found) + ')' if found else ''}. Stage 1 trains each modality on its "
+                f"own unimodal label, which dataset '{job.origin.get('dataset')}' has (regression_labels_T/_V/_A "
+                f"in every split); a missing one is not replaced by the multimodal label. Add the missing labels, "
+                f"or take the knowledge of a dataset that has them (--knowledge-from sims2, the paper's protocol "
+                f"for data without unimodal labels).")
+
+
 def pretrain_unimodal(job: Stage1Job, datasets: Mapping[str, Any], modalities: Iterable[str] = ("T", "V", "A"),
                       overwrite: bool = False) -> Dict[str, Path]:
     """Train and save the knowledge checkpoint of each modality that is not already there for
@@ -271,14 +319,19 @@ def pretrain_unimodal(job: Stage1Job, datasets: Mapping[str, Any], modalities: I
     bad = [m for m in modalities if m not in MODALITY_NAMES]
     if bad:
         raise KudaCheckpointError(f"Unknown modality {bad[0]!r} for stage 1; expected some of T, V, A.")
+    check_unimodal_labels(job, datasets)
     if not job.has_unimodal_labels:
         logger.warning(
             f"Dataset {job.origin.get('dataset')!r} has no unimodal labels (regression_labels_T/_V/_A): "
             "stage 1 uses the multimodal label as every modality's target (the paper pre-trains on a "
             "SIMS set instead: --knowledge-from sims2).")
+    whys = {m: _up_to_date(job, m) for m in modalities}
+    folders = sorted({job.paths[m].parent for m in modalities if overwrite or whys[m] is not None})
+    for folder in folders:      # before any epoch: a folder that cannot take the checkpoints is refused now
+        ensure_writable_dir(folder, "stage-1 knowledge folder (--knowledge-dir, $KUDA_MMSA_KNOWLEDGE_DIR)")
     with preserved_rng():
         for m in modalities:
-            why = _up_to_date(job, m)
+            why = whys[m]
             if why is None and not overwrite:
                 logger.info(f"Stage 1 [{MODALITY_NAMES[m]}]: {job.paths[m]} is up to date for this data "
                             f"and these settings; not trained again.")

@@ -42,6 +42,7 @@ from ..files import atomic_write_text
 from .metrics import lower_is_better
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]
+PARENT_ENV = "KUDA_MMSA_SWEEP_PARENT"      # pid of the sweep that started a worker process
 PASSED_ENV_PREFIXES = ("KUDA_MMSA_", "MMSA_", "HF_", "TRANSFORMERS_", "OMP_NUM_THREADS")
 
 
@@ -192,6 +193,7 @@ class LocalExecutor(Executor):
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
         env["PYTHONUNBUFFERED"] = "1"
+        env[PARENT_ENV] = str(os.getpid())         # the worker ends itself when this process dies
         if device == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
             if "OMP_NUM_THREADS" not in os.environ:   # share the cores among the CPU slots
@@ -581,12 +583,49 @@ class OptunaTuner:
 
 
 # ---------------------------------------------------------------------- worker process
+def watch_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """End this worker, and every process it started, when the sweep that started it is gone
+    (killed with -9, its machine's session closed): a worker never runs on as an orphan. A
+    daemon thread compares the parent pid with the one the sweep passed; the worker leads its
+    own process group (start_new_session), so the whole group is killed."""
+    import signal
+    import threading
+
+    def gone() -> bool:
+        return os.getppid() != parent_pid
+
+    def loop():
+        while not gone():
+            time.sleep(interval)
+        print(f"the sweep process {parent_pid} is gone: this cell stops (its last finished epoch is saved; "
+              f"the sweep's command, run again, resumes it)", file=sys.stderr, flush=True)
+        try:
+            if os.getpgid(0) == os.getpid():
+                os.killpg(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+
+    if sys.platform.startswith("linux"):   # the kernel kills this process at once when its parent dies
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))     # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if gone():
+        loop()
+    threading.Thread(target=loop, name="kuda-mmsa-parent-watch", daemon=True).start()
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m kuda_mmsa.training.sweeps CELL.json RESULT.json``: run one cell."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2:
         print("usage: python -m kuda_mmsa.training.sweeps CELL.json RESULT.json", file=sys.stderr)
         return 2
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        watch_parent(int(parent))
     spec = json.loads(Path(argv[0]).read_text())
     out = call_cell(spec["fn"], spec.get("kwargs") or {})
     if not out["ok"]:

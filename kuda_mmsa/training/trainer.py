@@ -36,11 +36,12 @@ from ..files import atomic_write_text, remove_stale_temps
 from . import distributed
 from .checkpoints import (RESUME_FORMAT, atomic_save, cpu_state_dict, load_knowledge_into, plain, read_resume,
                           weights_info_path)
-from .evaluation import batch_inputs
+from .evaluation import batch_inputs, eval_forward
 from .metrics import lower_is_better, metrics_for
-from .optim import make_adamw, warmup_cosine
+from .optim import load_optimizer_state, make_adamw, make_schedule
 from .precision import autocast, choose, detect
 from .stage1 import check_text_data, data_label, ensure_knowledge, job_from_args
+from .step import TrainStep, graphs_wanted
 from .transfer import freeze_knowledge, is_cross_dataset, knowledge_modalities, load_cross_dataset_knowledge
 
 logger = logging.getLogger("MMSA")
@@ -61,6 +62,7 @@ class KuDATrainer:
         self.knowledge = {}
         self.dist = distributed.current()
         self.epoch_callbacks = []   # fn(epoch, valid_results) after every epoch; may raise to stop
+        self._eval, self._eval_for = None, None     # the evaluation forward and its model
 
     # ------------------------------------------------------------------ helpers
     @staticmethod
@@ -131,11 +133,17 @@ class KuDATrainer:
             ctx.sync_module(model)      # rank 0's initialisation and knowledge on every rank
             net = distributed.wrap(model, device)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = make_adamw(params, lr=float(args["learning_rate"]), weight_decay=float(args["weight_decay"]))
+        graphs, why = graphs_wanted(args["cuda_graphs"], device, ctx.distributed)
+        logger.info(f"Training steps {'captured in a CUDA graph' if graphs else 'eager'} ({why}).")
+        optimizer = make_adamw(params, lr=float(args["learning_rate"]), weight_decay=float(args["weight_decay"]),
+                               capturable=graphs)
         max_epochs = int(args["epochs"])
         train_loader = dataloader["train"]
         total_steps = max_epochs * max(len(train_loader), 1)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total_steps, float(args["warmup_ratio"])))
+        scheduler = make_schedule(optimizer, total_steps, float(args["warmup_ratio"]))
+        kuda = self._kuda(model)
+        train_step = TrainStep(self._forward_loss(net), params, optimizer, float(args.get("grad_clip") or 0), device,
+                               graphs=graphs, blockers=kuda.capture_blockers(), check=kuda.check_inputs)
         key = args["KeyEval"]
         minimize = lower_is_better(key)
         best_valid = float("inf") if minimize else -float("inf")
@@ -167,7 +175,7 @@ class KuDATrainer:
                 ctx.sync_module(model)
             else:
                 model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            load_optimizer_state(optimizer, state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             epoch, best_epoch, best_valid = int(state["epoch"]), int(state["best_epoch"]), float(state["best_valid"])
             self.history = list(state["history"])
@@ -178,7 +186,6 @@ class KuDATrainer:
         else:
             distributed.seed_rank(ctx, int(args.get("seed") or 0))
 
-        clip = float(args.get("grad_clip") or 0)
         progress = bool(args.get("progress", True)) and ctx.is_main
         stop = epoch > 0 and epoch - best_epoch >= int(args["early_stop"])
         while epoch < max_epochs and not stop:
@@ -191,32 +198,21 @@ class KuDATrainer:
             with tqdm(train_loader, desc=f"kuda epoch {epoch}/{max_epochs}", leave=False,
                       disable=not progress) as bar:
                 for step, batch in enumerate(bar):
-                    labels = batch["labels"]["M"].to(device).view(-1, 1)
-                    # Before the forward, not after it: the last step's gradients would stay
-                    # alive beside this step's activations (0.45 GiB more peak memory with a
-                    # bert-base text encoder).
-                    optimizer.zero_grad(set_to_none=True)
-                    with autocast(device, self.precision):
-                        out = net(**batch_inputs(batch, device), labels=labels)
-                    out = {k: v.float() for k, v in out.items()}
-                    loss = self.criterion(out["M"], labels) + self.ce_weight * out["ce"]
-                    if "aux" in out:  # the label-free ratio estimator's own loss
-                        loss = loss + out["aux"]
-                    scale = distributed.loss_scale(ctx, train_loader, step, labels.shape[0])
-                    (loss * scale if scale != 1.0 else loss).backward()
-                    if clip > 0:
-                        nn.utils.clip_grad_norm_(params, clip)
-                    optimizer.step()
+                    inputs = batch_inputs(batch)       # on the host: the step moves them
+                    labels = inputs["labels"] = batch["labels"]["M"].view(-1, 1)
+                    b = labels.shape[0]
+                    report = train_step(inputs, distributed.loss_scale(ctx, train_loader, step, b))
                     scheduler.step()
-                    total_loss += loss.detach() * labels.shape[0]
-                    total_ce += out["ce"].detach() * labels.shape[0]
-                    n += labels.shape[0]
-                    y_pred.append(out["M"].detach().cpu())
-                    y_true.append(labels.cpu())
+                    # kept on the device: reading a value back each step would stall the GPU
+                    total_loss += report["loss"] * b
+                    total_ce += report["ce"] * b
+                    n += b
+                    y_pred.append(report["M"])
+                    y_true.append(labels)
                     if progress and step % 10 == 0:
                         bar.set_postfix(loss=f"{total_loss.item() / n:.4f}")
             sum_loss, sum_ce = total_loss.item(), total_ce.item()
-            y_pred, y_true = torch.cat(y_pred), torch.cat(y_true)
+            y_pred, y_true = torch.cat(y_pred).cpu(), torch.cat(y_true)
             if ctx.distributed:   # the epoch's loss and train metrics over every rank's share
                 sum_loss, sum_ce, n = ctx.all_reduce_sum([sum_loss, sum_ce, n])
                 shares = ctx.all_gather((y_pred, y_true))
@@ -225,11 +221,14 @@ class KuDATrainer:
             if not torch.isfinite(torch.tensor(mean_loss)):
                 where = (f"the best checkpoint (epoch {best_epoch}, valid {key} {best_valid:.4f}) is kept at "
                          f"{save_path}" if best_epoch else "no checkpoint was saved")
+                # the state after every finished epoch is saved, so there is one from epoch 2 on
+                state_note = (f"the state after epoch {epoch - 1} is in {resume}" if epoch > 1
+                              else "it diverged in its first epoch, so no training state was saved")
+                then = f"then delete {resume} and run again" if epoch > 1 else "then run again"
                 raise KudaTrainingError(
                     f"Training diverged: the loss became non-finite ({mean_loss}) in epoch {epoch} of seed "
-                    f"{args.get('seed')}; {where}, and the state after epoch {epoch - 1} is in {resume}. "
-                    f"Lower learning_rate (now {args['learning_rate']}) or set grad_clip, then delete "
-                    f"{resume} and run again.")
+                    f"{args.get('seed')}; {where}, and {state_note}. "
+                    f"Lower learning_rate (now {args['learning_rate']}) or set grad_clip, {then}.")
             train_results = self.metrics(y_pred, y_true)
             train_results["Loss"] = round(mean_loss, 4)
             logger.info(f"TRAIN-(kuda) [{epoch - best_epoch}/{epoch}/{args.get('cur_seed', 1)}] >> "
@@ -277,6 +276,22 @@ class KuDATrainer:
         ctx.on_main(finish) if ctx.distributed else finish()
         return epoch_results if return_epoch_results else None
 
+    def _forward_loss(self, net):
+        """The step's forward and loss: MSE + ce_weight * CE (+ the ratio's auxiliary loss)."""
+        device, precision = self.args["device"], self.precision
+
+        def forward_loss(x):
+            labels = x["labels"]
+            with autocast(device, precision):
+                out = net(**{k: v for k, v in x.items() if k != "labels"}, labels=labels)
+            out = {k: v.float() for k, v in out.items()}
+            loss = self.criterion(out["M"], labels) + self.ce_weight * out["ce"]
+            if "aux" in out:  # the label-free ratio estimator's own loss
+                loss = loss + out["aux"]
+            return loss, {"loss": loss.detach(), "ce": out["ce"].detach(), "M": out["M"].detach()}
+
+        return forward_loss
+
     def write_sidecar(self, save_path: Path, epoch: int, valid: float) -> None:
         """``<weights>.json``: the configuration and data the weights were trained with, so that
         explain / evaluate / robustness rebuild exactly this model."""
@@ -300,8 +315,18 @@ class KuDATrainer:
             logger.warning(f"Training curves not written: {e}")
 
     # ------------------------------------------------------------------ test
+    def _eval_forward(self, model):
+        """One evaluation forward per model, kept across epochs (its CUDA graph, if any, stays
+        valid: the optimiser updates the weights in place)."""
+        model = distributed.unwrap(model)
+        if self._eval_for is not model:
+            graphs, _ = graphs_wanted(self.args["cuda_graphs"], self.args["device"])
+            self._eval, self._eval_for = eval_forward(model, self.args["device"], self.precision, graphs), model
+        return self._eval
+
     def do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
-        p = distributed.predict_split(self.dist, model, dataloader, self.args["device"], self.precision)
+        p = distributed.predict_split(self.dist, model, dataloader, self.args["device"], self.precision,
+                                      forward=self._eval_forward(model))
         results = self.metrics(p.pred, p.labels)
         results["Loss"] = round(float(self.criterion(p.pred, p.labels)), 4)
         logger.info(f"{mode}-(kuda) >> " + " ".join(f"{k}: {v:.4f}" for k, v in results.items()))
