@@ -14,6 +14,8 @@ def test_a_sample_without_text_tokens_has_text_missing():
     model = make_model(ratio_source="consensus").eval()
     inputs, _ = make_batch()
     inputs["text"][1, :2] = 0                      # sample 1: no token at all
+    inputs["text"][2, :2] = 0                      # sample 2: one token
+    inputs["text"][2, :2, 0] = torch.tensor([7.0, 1.0])
     with torch.no_grad():
         out = model(**inputs)
     assert out["present"].tolist() == [[True, True, True], [False, True, True], [True, True, True],
@@ -97,6 +99,22 @@ def test_modality_dropout_without_lengths():
     out = model(**bare, labels=labels)
     assert out["present"].shape == (2, 3) and out["present"].any(-1).all()
     assert torch.all(out["ratio"][~out["present"]] == 0)
+    # the same draws with the full lengths given: the same outputs (no length is the full one)
+    full = dict(bare, audio_lengths=torch.full((2,), L_A), vision_lengths=torch.full((2,), L_V))
+    torch.manual_seed(2)
+    again = model(**full, labels=labels)
+    for k in ("present", "M", "ratio", "V", "A"):
+        torch.testing.assert_close(again[k], out[k])
+
+
+def test_capture_blockers_name_what_runs_on_the_host():
+    """A CUDA-graph step is refused, with the reason, exactly for modality dropout and for
+    checkpointed sequences (both decide or restore random state on the host)."""
+    assert make_model(gradient_checkpointing="none").capture_blockers() == []
+    assert any("modality_dropout" in w for w in make_model(modality_dropout=0.2, gradient_checkpointing="none")
+               .capture_blockers())
+    for mode in ("sequences", "all"):
+        assert any(mode in w for w in make_model(gradient_checkpointing=mode).capture_blockers())
 
 
 # ---------------------------------------------------------------------- the ratio
