@@ -30,8 +30,8 @@ INSTALL_REQUIRES = [
 ]
 EXTRAS = {
     # ray and optuna: the sweep tests run the embedded Ray executor and an Optuna study (they
-    # skip without them).
-    "test": ["pytest", "expecttest", "ninja", "ray", "optuna"],
+    # skip without them); hypothesis: the property tests (tests/test_properties.py).
+    "test": ["pytest", "expecttest", "ninja", "ray", "optuna", "hypothesis"],
     "plot": [],                  # matplotlib is a dependency now; kept so '.[plot]' still installs
     "ray": ["ray"],              # --executor ray: sweep cells as Ray tasks
     "optuna": ["optuna"],        # --tuner optuna: TPE with pruning, study in SQLite

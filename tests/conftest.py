@@ -6,6 +6,14 @@ import os
 import pickle
 
 import pytest
+from hypothesis import settings
+
+# Property tests (tests/test_properties.py) are deterministic: the same examples on every run
+# and machine (a CI failure reproduces), no example database written into the tree, no
+# deadline (timings on 2 shared cores say nothing), few examples (each builds small models).
+settings.register_profile("kuda", derandomize=True, database=None, deadline=None, max_examples=25,
+                          print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "kuda"))
 
 TINY_DEMO = dict(n_train=30, n_valid=12, n_test=12, text_len=12, vision_len=8,
                  vision_dim=6, audio_len=10, audio_dim=5, text_dim=16, seed=3)

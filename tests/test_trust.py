@@ -354,6 +354,7 @@ def trained(tmp_path_factory, tiny_demo_pickle):
     return d
 
 
+@pytest.mark.parametrize("command", ["explain", "robustness", "evaluate"])
 @pytest.mark.parametrize("kind,words", [
     ("resume", ["interrupted training run"]),
     ("stage1", ["stage-1 knowledge checkpoint"]),
@@ -361,8 +362,10 @@ def trained(tmp_path_factory, tiny_demo_pickle):
     ("payload", ["could not be read"]),
     ("not tensors", ["not a state dict of tensors"]),
 ])
-def test_explain_refuses_files_that_are_not_trained_weights(kind, words, trained, tmp_path, capsys,
-                                                           tiny_demo_pickle):
+def test_commands_refuse_files_that_are_not_trained_weights(command, kind, words, trained, tmp_path, capsys,
+                                                            tiny_demo_pickle):
+    """README: explain/robustness/evaluate refuse a .resume state, a stage-1 checkpoint or a
+    corrupt file given as weights, with one paragraph naming it, and never run its code."""
     from kuda_mmsa.training.checkpoints import RESUME_FORMAT
 
     weights = trained / "m" / "kuda-demo.pth"
@@ -378,8 +381,10 @@ def test_explain_refuses_files_that_are_not_trained_weights(kind, words, trained
         torch.save({"w": Payload(marker)}, path)
     else:
         torch.save({"a": [1, 2]}, path)
-    rc = main(["explain", "--weights", str(path), "--feature-file", str(tiny_demo_pickle), "--out",
-               str(tmp_path / "e"), "-v", "0"])
+    argv = {"explain": ["explain", "--out", str(tmp_path / "e")],
+            "robustness": ["robustness", "--out", str(tmp_path / "e"), "--rate", "1", "--modality", "V"],
+            "evaluate": ["evaluate", "-d", "demo"]}[command]
+    rc = main(argv + ["--weights", str(path), "--feature-file", str(tiny_demo_pickle), "-v", "0"])
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err and str(path) in err
     for w in words:
@@ -393,3 +398,53 @@ def test_the_run_logs_the_data_it_really_uses(trained, tiny_demo_pickle):
     args_line = next(line for line in log.splitlines() if "Running with args" in line)
     assert f"'featurePath': '{tiny_demo_pickle}'" in args_line
     assert "'feature_dims': [64, 5, 6]" in args_line and "'seq_lens': [12, 10, 8]" in args_line
+
+
+def test_a_full_disk_at_start_is_refused_before_training(tmp_path, tiny_cfg, tiny_demo_pickle, capsys, no_training,
+                                                        monkeypatch):
+    """README: output folders must be writable and the disk not full at start."""
+    import collections
+    import shutil
+
+    from kuda_mmsa import files
+
+    real = shutil.disk_usage
+    full = str(tmp_path / "m")
+
+    def usage(path):
+        if str(path).startswith(full):      # the weights folder's disk has 1 MiB left
+            return collections.namedtuple("usage", "total used free")(10 ** 12, 10 ** 12 - 2 ** 20, 2 ** 20)
+        return real(path)
+
+    monkeypatch.setattr(files.shutil, "disk_usage", usage)
+    rc = run_cli(tmp_path, feature_file=tiny_demo_pickle, config=tiny_cfg)
+    line = assert_refused(capsys, tmp_path, rc, full, "1 MiB free")
+    assert "--model-save-dir" in line or "model" in line
+
+
+def test_pretrain_epochs_per_modality(tmp_path, tiny_cfg, tiny_demo_pickle, monkeypatch):
+    """`kuda-mmsa pretrain --epochs T=..,V=..,A=..` trains each modality for its own number
+    of epochs (early stop out of the way); a bad spelling is refused."""
+    from kuda_mmsa.training import stage1
+
+    epochs = {"T": 0, "V": 0, "A": 0}
+    real = stage1._evaluate
+
+    def count(branch, loader, modality, *a, **k):
+        epochs[modality] += 1
+        return real(branch, loader, modality, *a, **k)
+
+    monkeypatch.setattr(stage1, "_evaluate", count)
+    base = ["pretrain", "-d", "demo", "--feature-file", str(tiny_demo_pickle), "-v", "0", "--no-progress",
+            "-c", str(write_tiny_config(tmp_path / "c.yaml", pretrain={"early_stop": 50, "batch_size": 8}))]
+    assert main(base + ["--epochs", "T=1,V=3,A=2", "--knowledge-dir", str(tmp_path / "k")]) == 0
+    assert epochs == {"T": 1, "V": 3, "A": 2}
+    folder = next((tmp_path / "k" / "demo").glob("*/*"))
+    for m, name in (("T", "text"), ("V", "vision"), ("A", "audio")):
+        meta = torch.load(folder / f"{name}.pth", weights_only=True)["meta"]
+        assert meta["settings"]["pretrain"]["epochs"] == {"T": 1, "V": 3, "A": 2}[m]
+    epochs.update(T=0, V=0, A=0)
+    assert main(base + ["--epochs", "2", "--knowledge-dir", str(tmp_path / "k2")]) == 0
+    assert epochs == {"T": 2, "V": 2, "A": 2}
+    for bad in ("T=1,V=x", "T=1;V=2", "Q=3"):
+        assert main(base + ["--epochs", bad, "--knowledge-dir", str(tmp_path / "k3")]) == 2, bad

@@ -85,15 +85,19 @@ class KuDA(nn.Module):
         return self.config.fusion_mode == "dynamic"
 
     # ------------------------------------------------------------------ knowledge
-    def knowledge_parameters(self):
-        """Adapters and decoders: pre-trained in stage 1, frozen in stage 2."""
-        for branch in self.branches.values():
+    def knowledge_parameters(self, modalities=MODALITIES):
+        """Adapters and decoders of the branches in ``modalities``: pre-trained in stage 1,
+        frozen in stage 2."""
+        for m in modalities:
+            branch = self.branches[m]
             if branch.adapters is not None:
                 yield from branch.adapters.parameters()
             yield from branch.decoder.parameters()
 
-    def freeze_knowledge(self) -> None:
-        for p in self.knowledge_parameters():
+    def freeze_knowledge(self, modalities=MODALITIES) -> None:
+        """Stage 2 (the trainer, through training.transfer.freeze_knowledge): the knowledge of
+        ``modalities`` stops training; their encoders and everything else keep training."""
+        for p in self.knowledge_parameters(modalities):
             p.requires_grad_(False)
 
     # ------------------------------------------------------------------ captured steps
@@ -231,13 +235,18 @@ class KuDA(nn.Module):
         present_or_none = present if masked else None
 
         unimodal = torch.cat([scores[m] for m in MODALITIES], dim=-1)
-        estimate = self.ratio_estimator(unimodal, present) if self.ratio_estimator is not None else None
+        # The label-free ratio heads (and their losses) serve dynamic mode only: reference mode
+        # trains on the authors' loss terms alone (their heads stay in the state dict, unused).
+        heads = self.dynamic
+        estimate = self.ratio_estimator(unimodal, present) if heads and self.ratio_estimator is not None else None
         log_var = None
-        if self.reliability is not None:
+        if heads and self.reliability is not None:
             log_var = self.reliability([masked_mean(units[m], pads[m] if masked else None) for m in MODALITIES])
         if self._first_pass:
-            # ratio_source 'prediction': the static-fusion prediction of the same network.
-            estimate = self._predict(sources, unimodal.new_ones(unimodal.shape), text_pad, None, present_or_none)[0]
+            # ratio_source 'prediction': the static-fusion prediction of the same network, every
+            # present modality weighted 1 and a missing one 0 (as in the main pass: a missing
+            # modality must not steer the others' ratios through this target).
+            estimate = self._predict(sources, present.to(unimodal.dtype), text_pad, None, present_or_none)[0]
         weight, reference_ratio, ratio = self._ratio(unimodal, labels, estimate, log_var, present)
         prediction, fused = self._predict(sources, weight, text_pad, reference_ratio, present_or_none)
         ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused, present_or_none)

@@ -63,13 +63,9 @@ def knowledge_modalities(args: Mapping[str, Any]) -> Tuple[str, ...]:
 
 
 def freeze_knowledge(kuda: nn.Module, modalities: Iterable[str]) -> None:
-    """Freeze the adapters and decoder of each branch in ``modalities``."""
-    for m in modalities:
-        branch = kuda.branches[m]
-        modules = [branch.decoder] + ([branch.adapters] if branch.adapters is not None else [])
-        for module in modules:
-            for p in module.parameters():
-                p.requires_grad_(False)
+    """Freeze the adapters and decoder of each branch in ``modalities`` (those whose
+    knowledge came from stage 1; text knowledge trained from scratch keeps training)."""
+    kuda.freeze_knowledge(tuple(modalities))
 
 
 # ---------------------------------------------------------------------- the source data
