@@ -248,3 +248,20 @@ def test_bad_seeds_and_workers_are_refused(capsys):
         assert "outside" in capsys.readouterr().err
     with pytest.raises(KudaInputError, match=r"Seeds must be integers in \[0, 2\*\*32 - 1\]"):
         MMSA_run("kuda", "demo", seeds=[-1])
+
+
+def test_the_written_model_config_has_exactly_the_schema_model_keys_with_their_defaults():
+    # KuDAConfig is written out so model/ shows its fields; the schema stays the one source of
+    # defaults: a key in one and not the other, or a default restated differently, fails here.
+    import dataclasses
+
+    from kuda_mmsa.config.schema import keys_of
+    from kuda_mmsa.model import KuDAConfig
+
+    data_facts = {"feature_dims", "seq_lens"}
+    written = {f.name: f for f in dataclasses.fields(KuDAConfig)}
+    schema = {k.name: k for k in keys_of("model")}
+    assert set(written) - data_facts == set(schema)
+    config = KuDAConfig(feature_dims=[8, 4, 6], seq_lens=[5, 7, 9])
+    for name, key in schema.items():
+        assert getattr(config, name) == key.default, name
