@@ -220,7 +220,12 @@ def test_config_commands(capsys, tmp_path):
         assert lines[i].split(" = ")[1].split()[0] in (default, default + ".0"), lines[i]
         assert lines[i + 1].startswith("      ") and help_words in lines[i + 1], lines[i + 1]
     sections = [line for line in lines if line.startswith("[")]
-    assert len(sections) >= 3 and len(lines) == len(sections) + 2 * len(SCHEMA)
+    # and a registered choice (the ratio rules) one line each under its key, with its help
+    from kuda_mmsa.registry import RATIO_RULES
+
+    i = next(i for i, line in enumerate(lines) if line.startswith("  ratio_source = "))
+    assert [line.split(":")[0].strip() for line in lines[i + 2:i + 2 + len(RATIO_RULES)]] == list(RATIO_RULES)
+    assert len(sections) >= 3 and len(lines) == len(sections) + 2 * len(SCHEMA) + len(RATIO_RULES)
     assert main(["config", "show", "-d", "sims", "-c", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err

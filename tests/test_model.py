@@ -296,3 +296,35 @@ def test_dynamic_mode_skips_batch_wide_padding_without_changing_results():
     full = model(**inputs)
     for k in ("M", "A", "ratio"):
         torch.testing.assert_close(trimmed[k], full[k], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("over", [dict(fusion_mode="reference"), dict(use_ratio=False), dict(),
+                                  dict(ratio_source="estimate")], ids=["reference", "static", "reliability", "estimate"])
+def test_a_model_builds_only_the_ratio_heads_its_rule_uses_and_runs_in_float64(over):
+    # reference mode's ratio comes from the label and static fusion has none: neither may carry
+    # (or run) learned ratio heads; an fp64 model computes in fp64 throughout
+    model = make_model(**over).double()
+    heads = {n.split(".")[0] for n, _ in model.named_parameters()} & {"reliability", "ratio_estimator"}
+    rule = model.config.ratio_source if model.dynamic and model.config.use_ratio else None
+    assert heads == ({"reliability"} if rule == "reliability" else {"ratio_estimator"} if rule == "estimate"
+                     else set())
+    x, y = make_batch()
+    x = {k: v.double() if v.is_floating_point() else v for k, v in x.items()}
+    out = model(**x, labels=y.double())
+    assert out["M"].dtype == torch.float64 and torch.isfinite(out["M"]).all()
+    model.eval()
+    with torch.no_grad():
+        assert model(**x)["M"].dtype == torch.float64
+
+
+def test_weights_saved_with_every_ratio_head_still_load_into_reference_mode():
+    # earlier versions built the reliability heads in every mode; their reference-mode weights
+    # must load (the unused heads skipped), and an unknown key must still be refused
+    old = make_model(fusion_mode="reference")
+    state = dict(old.state_dict())
+    state.update({f"reliability.{k}": v for k, v in make_model().reliability.state_dict().items()})
+    fresh = make_model(seed=3, fusion_mode="reference")
+    fresh.load_state_dict(state)
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in old.state_dict().items())
+    with pytest.raises(RuntimeError, match="not_a_head"):
+        fresh.load_state_dict({**state, "not_a_head.weight": torch.zeros(1)})

@@ -6,7 +6,7 @@ import torch
 from test_model import L_A, L_T, L_V, make_batch, make_config, make_model
 
 from kuda_mmsa.model import KuDA
-from kuda_mmsa.model.ratio import RATIO_TARGETS, RatioEstimator, masked_softmax
+from kuda_mmsa.model.ratio import RatioEstimator, masked_softmax
 
 
 # ---------------------------------------------------------------------- presence
@@ -141,16 +141,43 @@ def test_label_ratio_exists_only_in_training():
     torch.testing.assert_close(out["ratio"], e / e.sum(-1, keepdim=True))
 
 
-def test_ratio_targets_need_what_they_name():
+def test_each_agreement_rule_targets_what_it_names_and_computes_only_what_it_needs():
+    from types import SimpleNamespace
+
+    from kuda_mmsa.model.ratio import RatioInputs
+    from kuda_mmsa.registry import RATIO_RULES
+
     scores = torch.randn(2, 3)
-    torch.testing.assert_close(RATIO_TARGETS["consensus"](scores), scores.mean(-1, keepdim=True))
-    for name, missing in (("estimate", "RatioEstimator"), ("prediction", "first-pass"), ("label", "labels")):
-        with pytest.raises(ValueError, match=missing):
-            RATIO_TARGETS[name](scores, None, None, None)
-    est = torch.randn(2, 1)
-    assert torch.equal(RATIO_TARGETS["estimate"](scores, None, est), est)
-    assert torch.equal(RATIO_TARGETS["prediction"](scores, None, est), est)
-    assert torch.equal(RATIO_TARGETS["label"](scores, torch.tensor([1.0, 2.0]), None), torch.tensor([[1.0], [2.0]]))
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    labels = torch.tensor([[0.5], [-1.0]])
+    first_pass = torch.tensor([[0.2], [0.3]])
+
+    def never():
+        raise AssertionError("this rule must not ask for it")
+
+    def inputs(training=True, labels=labels, pass_=never):
+        return RatioInputs(scores=scores, present=present, labels=labels, training=training,
+                           pooled=never, static_prediction=pass_)
+
+    config = SimpleNamespace(ratio_k=0.1)
+    mean_present = torch.tensor([[(scores[0, 0] + scores[0, 2]) / 2], [scores[1].mean()]])
+
+    def target(name, model=None, **kw):
+        return RATIO_RULES[name](config).target(model, inputs(**kw))
+
+    s_, aux, _ = target("consensus")
+    torch.testing.assert_close(s_, mean_present)
+    assert aux is None
+    s_, aux, report = target("prediction", pass_=lambda: first_pass)
+    assert torch.equal(s_, first_pass) and torch.equal(report["estimate"], first_pass)
+    torch.testing.assert_close(aux, ((first_pass - labels) ** 2).mean())      # it learns the label
+    estimator = RATIO_RULES["estimate"](config).heads([4, 4, 4])["ratio_estimator"]
+    s_, aux, _ = target("estimate", model=SimpleNamespace(ratio_estimator=estimator))
+    torch.testing.assert_close(s_, estimator.mlp(scores * present))             # a missing score counts 0
+    s_, _, _ = target("label")
+    assert torch.equal(s_, labels)
+    s_, _, _ = target("label", training=False, labels=None)    # no label at evaluation: consensus
+    torch.testing.assert_close(s_, mean_present)
 
 
 def test_a_row_with_no_modality_present_gets_the_uniform_ratio():

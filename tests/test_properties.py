@@ -236,10 +236,10 @@ def test_ratio_of_a_sample_with_missing_modalities_is_the_ratio_without_them(see
     assert all(r[i] == 0 for i in range(3) if not present[i])
     torch.testing.assert_close(r[idx], torch.tensor(want, dtype=torch.float64))
 
-    from kuda_mmsa.model.ratio import RATIO_TARGETS
+    from kuda_mmsa.model.ratio import Consensus
 
     k = 0.7
-    target = RATIO_TARGETS["consensus"](scores, None, None, mask)
+    target = Consensus.mean(scores, mask)
     c = sum(scores[0, i].item() for i in idx) / len(idx)
     torch.testing.assert_close(target, torch.tensor([[c]], dtype=torch.float64))
     rc = sentiment_ratio(scores, target, k, mask)[0]

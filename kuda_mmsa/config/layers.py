@@ -19,6 +19,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import yaml
 
 from ..errors import KudaInputError
+from ..registry import Registry
 from .keys import unknown_key_error
 from .schema import NESTED, SCHEMA, SECTIONS, defaults, keys_of
 
@@ -298,6 +299,8 @@ def describe_keys() -> str:
         for key in keys_of(section):
             out.append(f"  {key.name} = {_fmt(key.default)}    ({key.expected()})")
             out.append(f"      {key.help}")
+            if isinstance(key.choices, Registry):   # each registered choice says what it is
+                out.extend(f"        {name}: {key.choices[name].help}" for name in key.choices)
     return "\n".join(out)
 
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from ..registry import RATIO_RULES
 from .keys import Key
 
 FUSION_MODES = ("dynamic", "reference")
 FUSIONS = ("daf", "concat", "add", "late")
 KNOWLEDGE_TEXT = ("source", "own", "scratch")
-RATIO_SOURCES = ("reliability", "consensus", "estimate", "prediction", "label")
 PRECISIONS = ("auto", "fp32", "bf16")
 CHECKPOINTING = ("auto", "none", "sequences", "all")
 GRAPH_MODES = ("auto", "off")
@@ -60,10 +60,8 @@ KEYS: List[Key] = [
            "summed sequences) and late (weighted sum of the unimodal predictions).",
            choices=FUSIONS),
     _model("ratio_source", "str", "reliability",
-           "Where the sentiment ratio comes from in dynamic mode: reliability (ours: each "
-           "modality's own learned, scale-free reliability), or the ablations consensus (agreement "
-           "with the mean unimodal score), estimate, prediction (agreement with a learned or the "
-           "network's own overall score) and label (training only).", choices=RATIO_SOURCES),
+           "Where the sentiment ratio comes from in dynamic mode: a ratio rule (`config keys` lists "
+           "each with its help). reliability is ours; the others are ablations.", choices=RATIO_RULES),
     _model("ratio_k", "float", 0.1,
            "k in r_m = exp(-k (s_m - s)^2) for the agreement sources (consensus, estimate, "
            "prediction, label); not used by reliability, which is scale-free.",

@@ -3,10 +3,10 @@ from .config import MODALITIES, KuDAConfig, scaled_layer_indices
 from .encoders import SequenceBranch, TextBranch, build_branch, load_text_encoder, text_encoder_info
 from .kuda import KuDA, build_kuda
 from .losses import correlation_estimation_loss
-from .ratio import RATIO_TARGETS, sentiment_ratio
+from .ratio import RatioInputs, RatioResult, RatioRule, sentiment_ratio
 
 __all__ = [
     "MODALITIES", "KuDAConfig", "scaled_layer_indices", "SequenceBranch", "TextBranch", "build_branch",
-    "load_text_encoder", "text_encoder_info", "KuDA", "build_kuda", "correlation_estimation_loss", "RATIO_TARGETS",
-    "sentiment_ratio",
+    "load_text_encoder", "text_encoder_info", "KuDA", "build_kuda", "correlation_estimation_loss", "RatioInputs",
+    "RatioResult", "RatioRule", "sentiment_ratio",
 ]

@@ -10,7 +10,7 @@ import copy
 from dataclasses import dataclass, field, fields
 from typing import Any, List, Mapping, Optional
 
-from ..config.schema import FUSION_MODES, RATIO_SOURCES, SCHEMA, keys_of
+from ..config.schema import FUSION_MODES, SCHEMA, keys_of
 from ..errors import KudaInputError
 
 # Internal modality order is the paper's (T, V, A); MMSA's lists are (T, A, V).
@@ -117,4 +117,4 @@ def scaled_layer_indices(indices: List[int], depth: int, reference_depth: int = 
     return out
 
 
-__all__ = ["KuDAConfig", "MODALITIES", "FUSION_MODES", "RATIO_SOURCES", "scaled_layer_indices"]
+__all__ = ["KuDAConfig", "MODALITIES", "FUSION_MODES", "scaled_layer_indices"]

@@ -1,11 +1,9 @@
 """The whole KuDA network and its MMSA forward contract.
 
-forward(text, audio, vision, audio_lengths=None, vision_lengths=None, labels=None) returns
-{'M': [B,1] prediction, 'T', 'V', 'A': [B,1] unimodal scores, 'ratio': [B,3] (T, V, A),
- 'present': [B,3] bool, 'ce': correlation-estimation loss (unweighted scalar)}; with
-ratio_source 'estimate' or 'prediction' also 'estimate' [B,1] (the ratio's target), with
-'reliability' also 'log_var' [B,3]; given labels, 'aux' (the auxiliary losses of those, added
-to the loss by the trainer).
+forward(text, audio, vision, audio_lengths=None, vision_lengths=None, labels=None) returns a
+dict: 'M' [B,1] prediction, 'T', 'V', 'A' [B,1] unimodal scores, 'ratio' [B,3] (T, V, A),
+'present' [B,3] bool, 'ce' the correlation-estimation loss, and what the ratio rule reports
+('estimate', 'log_var'; given labels 'aux', its own loss, added by the trainer).
 
 A missing modality is one with no valid step: vision/audio length 0, or a text whose attention
 mask is all zero (``present`` false). In dynamic mode it gets ratio 0 (its message is not
@@ -18,13 +16,14 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from ..registry import RATIO_RULES
 from .config import MODALITIES, KuDAConfig
 from .encoders import build_branch
 from .fusion import DAFBlock, LengthAlignment
 from .fusion_variants import LateFusion, build_fusion_variant
 from .layers import TransformerStack, masked_mean
 from .losses import correlation_estimation_loss
-from .ratio import RATIO_TARGETS, RatioEstimator, ReliabilityHeads, reliability_ratio, sentiment_ratio
+from .ratio import RatioInputs, sentiment_ratio
 
 
 class OutputHead(nn.Module):
@@ -59,9 +58,14 @@ class KuDA(nn.Module):
         self.blocks = nn.ModuleList(DAFBlock(config, len(MODALITIES)) for _ in range(config.fusion_layers if daf else 0))
         self.fusion_variant = None if daf else build_fusion_variant(config, len(MODALITIES))
         self.head = OutputHead(config.hidden_size, config.head_sizes)
-        self.ratio_estimator = RatioEstimator(len(MODALITIES)) if config.ratio_source == "estimate" else None
-        self.reliability = (ReliabilityHeads([self.branches[m].out_width for m in MODALITIES])
-                            if config.ratio_source == "reliability" else None)
+        # the ratio rule of dynamic mode builds only its own heads; static fusion and reference
+        # mode (whose ratio comes from the label) have none
+        self.ratio_estimator = self.reliability = None
+        self.ratio_rule = RATIO_RULES[config.ratio_source](config) if self.dynamic and config.use_ratio else None
+        if self.ratio_rule is not None:
+            for name, module in self.ratio_rule.heads([self.branches[m].out_width for m in MODALITIES]).items():
+                setattr(self, name, module)
+        self._register_load_state_dict_pre_hook(self._drop_unused_heads)
         self._configure_checkpointing(config.gradient_checkpointing)
 
     def _configure_checkpointing(self, mode: str) -> None:
@@ -83,6 +87,16 @@ class KuDA(nn.Module):
     @property
     def dynamic(self) -> bool:
         return self.config.fusion_mode == "dynamic"
+
+    _RULE_HEADS = ("reliability.", "ratio_estimator.")
+
+    def _drop_unused_heads(self, state_dict, prefix, *_):
+        """Weights saved by versions that built every ratio head whatever the rule (reference
+        mode, static fusion) still load: the heads this model does not build are skipped."""
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            name = key[len(prefix):]
+            if name.startswith(self._RULE_HEADS) and getattr(self, name.split(".")[0]) is None:
+                del state_dict[key]
 
     # ------------------------------------------------------------------ knowledge
     def knowledge_parameters(self, modalities=MODALITIES):
@@ -118,10 +132,10 @@ class KuDA(nn.Module):
         return why
 
     # ------------------------------------------------------------------ ratio
-    def _ratio(self, scores: torch.Tensor, labels: Optional[torch.Tensor], estimate: Optional[torch.Tensor],
-               log_var: Optional[torch.Tensor], present: torch.Tensor):
-        """Returns (weight for the attention op [B, M], the ratio for the authors' combine or None,
-        ratio to report)."""
+    def _ratio(self, x: RatioInputs):
+        """(weight for the attention op [B, M], the ratio for the authors' combine or None,
+        ratio to report, the rule's result or None)."""
+        scores, labels, present = x.scores, x.labels, x.present
         b, m = scores.shape
         ones = scores.new_ones(b, m)
         uniform = ones / m
@@ -129,25 +143,19 @@ class KuDA(nn.Module):
         # the authors' training-time combine, sum_m LN_m((1 + R_m) y_m), needs the ratio
         combine = cfg.authors_combine and self.dynamic and self.training
         if not cfg.use_ratio:
-            return ones, (uniform if combine else None), uniform
-        scores = scores.detach().float()  # ratios in fp32 even under bf16 autocast
+            return ones, (uniform if combine else None), uniform, None
         if not self.dynamic:
             # Authors: ratio from the label in training; no ratio at all in evaluation.
             if self.training and labels is not None:
-                r = sentiment_ratio(scores, RATIO_TARGETS["label"](scores, labels, None), cfg.ratio_k)
-                return ones, r, r
-            return ones, None, uniform
-        source = cfg.ratio_source
-        if source == "reliability":
-            r = reliability_ratio(scores, log_var.detach(), present, cfg.ratio_agreement)
-        else:
-            if source == "label" and not (self.training and labels is not None):
-                source = "consensus"  # the label ablation has no label at evaluation
-            r = sentiment_ratio(scores, RATIO_TARGETS[source](scores, labels, estimate, present), cfg.ratio_k, present)
+                r = sentiment_ratio(x.detached, labels.reshape(-1, 1).to(x.detached.dtype), cfg.ratio_k)
+                return ones, r, r, None
+            return ones, None, uniform, None
+        result = self.ratio_rule(self, x)
+        r = result.ratio
         # The present modalities share the weight they would have with all present: a missing
         # modality's absence must not amplify the others' messages.
         n_present = present.sum(-1, keepdim=True).clamp(min=1).to(r.dtype)
-        return n_present * r, (r if combine else None), r
+        return n_present * r, (r if combine else None), r, result
 
     # ------------------------------------------------------------------ missing modalities
     @staticmethod
@@ -185,11 +193,6 @@ class KuDA(nn.Module):
         vision_lengths = vision_lengths.masked_fill(d_v.to(vision_lengths.device), 0)
         audio_lengths = audio_lengths.masked_fill(d_a.to(audio_lengths.device), 0)
         return text, audio, vision, audio_lengths, vision_lengths, present & ~drop
-
-    @property
-    def _first_pass(self) -> bool:
-        cfg = self.config
-        return self.dynamic and cfg.use_ratio and cfg.ratio_source == "prediction"
 
     def _fuse(self, sources, weight, text_pad, reference_ratio, present=None):
         if present is not None and self.dynamic:   # F0 over the present modalities
@@ -235,19 +238,14 @@ class KuDA(nn.Module):
         present_or_none = present if masked else None
 
         unimodal = torch.cat([scores[m] for m in MODALITIES], dim=-1)
-        # The label-free ratio heads (and their losses) serve dynamic mode only: reference mode
-        # trains on the authors' loss terms alone (their heads stay in the state dict, unused).
-        heads = self.dynamic
-        estimate = self.ratio_estimator(unimodal, present) if heads and self.ratio_estimator is not None else None
-        log_var = None
-        if heads and self.reliability is not None:
-            log_var = self.reliability([masked_mean(units[m], pads[m] if masked else None) for m in MODALITIES])
-        if self._first_pass:
-            # ratio_source 'prediction': the static-fusion prediction of the same network, every
-            # present modality weighted 1 and a missing one 0 (as in the main pass: a missing
-            # modality must not steer the others' ratios through this target).
-            estimate = self._predict(sources, present.to(unimodal.dtype), text_pad, None, present_or_none)[0]
-        weight, reference_ratio, ratio = self._ratio(unimodal, labels, estimate, log_var, present)
+        ratio_inputs = RatioInputs(
+            scores=unimodal, present=present, labels=labels, training=self.training,
+            pooled=lambda: [masked_mean(units[m], pads[m] if masked else None) for m in MODALITIES],
+            # every present modality weighted 1 and a missing one 0 (as in the main pass: a
+            # missing modality must not steer the others' ratios through this target)
+            static_prediction=lambda: self._predict(sources, present.to(unimodal.dtype), text_pad, None,
+                                                    present_or_none)[0])
+        weight, reference_ratio, ratio, rule = self._ratio(ratio_inputs)
         prediction, fused = self._predict(sources, weight, text_pad, reference_ratio, present_or_none)
         ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused, present_or_none)
         out = {
@@ -256,17 +254,10 @@ class KuDA(nn.Module):
             "ratio": ratio, "present": present,
             "ce": ce,
         }
-        aux = []
-        if estimate is not None:
-            out["estimate"] = estimate
-            if labels is not None:  # auxiliary loss of the label-free ratio estimator
-                aux.append(torch.nn.functional.mse_loss(estimate, labels.reshape(-1, 1).to(estimate.dtype)))
-        if log_var is not None:
-            out["log_var"] = log_var
-            if labels is not None:  # the reliability heads learn each modality's error variance
-                aux.append(ReliabilityHeads.nll(log_var, unimodal, labels, present))
-        if aux:
-            out["aux"] = sum(aux)
+        if rule is not None:
+            out.update(rule.report)
+            if rule.aux is not None:
+                out["aux"] = rule.aux
         return out
 
 

@@ -17,9 +17,10 @@ c the median of the present modalities' scores, a = ``ratio_agreement``. Scaling
 by c (and so the scores by c and exp(v) by c^2) or shifting them leaves R unchanged. A missing
 modality (``present`` false) gets R = 0 under every dynamic source.
 
-The agreement targets s are a registry, so ablations add sources without touching the
-model. Each entry takes (scores [B, M], labels [B, 1] or None, estimate [B, 1] or None,
-present [B, M] bool or None):
+Each ``ratio_source`` is a rule registered in ``RATIO_RULES`` (kuda_mmsa.registry): a class
+that builds the heads it needs and turns a ``RatioInputs`` into a ``RatioResult`` (the ratio,
+its auxiliary loss, what it reports). The model builds only the heads of its own rule. Besides
+``reliability``, the agreement rules R_m = softmax_m(-k (s_m - s)^2) with target s:
 - `consensus`: label-free, the mean unimodal score;
 - `estimate`: label-free, a small learned estimator of the overall score from the unimodal
   scores (RatioEstimator), trained with an auxiliary MSE against the label, so the ratio
@@ -29,43 +30,13 @@ present [B, M] bool or None):
   i.e. "how close is each modality to what the whole model thinks"; costs a second pass
   through the fusion blocks;
 - `label`: the ground truth (the authors' training-time choice; training only)."""
-from typing import Callable, Dict, Optional
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Dict, List, Optional
 
 import torch
-
 from torch import nn
 
-RatioTarget = Callable[..., torch.Tensor]
-
-
-def _consensus(scores, labels=None, estimate=None, present=None) -> torch.Tensor:
-    if present is None:
-        return scores.mean(dim=-1, keepdim=True)
-    w = present.to(scores.dtype)
-    return (scores * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp(min=1)
-
-
-def _estimate(scores, labels=None, estimate=None, present=None) -> torch.Tensor:
-    if estimate is None:
-        raise ValueError("ratio_source 'estimate' needs the model's RatioEstimator output")
-    return estimate.detach()
-
-
-def _prediction(scores, labels=None, estimate=None, present=None) -> torch.Tensor:
-    if estimate is None:
-        raise ValueError("ratio_source 'prediction' needs the model's first-pass prediction")
-    return estimate.detach()
-
-
-def _label(scores, labels=None, estimate=None, present=None) -> torch.Tensor:
-    if labels is None:
-        raise ValueError("ratio_source 'label' needs the labels in forward()")
-    return labels.reshape(-1, 1).to(scores.dtype)
-
-
-RATIO_TARGETS: Dict[str, RatioTarget] = {"consensus": _consensus, "estimate": _estimate,
-                                         "prediction": _prediction, "label": _label}
-LABEL_FREE = ("consensus", "estimate", "prediction")
+from ..registry import RATIO_RULES
 
 
 class RatioEstimator(nn.Module):
@@ -133,7 +104,9 @@ class ReliabilityHeads(nn.Module):
             nn.Sequential(nn.Linear(w, hidden), nn.GELU(), nn.Linear(hidden, 1)) for w in widths)
 
     def forward(self, pooled) -> torch.Tensor:
-        return torch.cat([h(x.detach().float()) for h, x in zip(self.heads, pooled)], dim=-1)
+        # fp32 at least (bf16 autocast inputs), fp64 in an fp64 model
+        return torch.cat([h(x.detach().to(torch.promote_types(x.dtype, torch.float32)))
+                          for h, x in zip(self.heads, pooled)], dim=-1)
 
     @staticmethod
     def nll(log_var: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
@@ -145,3 +118,131 @@ class ReliabilityHeads(nn.Module):
             return terms.mean()
         w = present.to(terms.dtype)
         return (terms * w).sum() / w.sum().clamp(min=1)
+
+
+# ---------------------------------------------------------------------------- the rules
+@dataclass
+class RatioInputs:
+    """What a ratio rule may read, for one batch. ``pooled`` and ``static_prediction`` are
+    computed only when a rule asks (the second costs a fusion pass)."""
+    scores: torch.Tensor                    # [B, M] unimodal scores, as the decoders give them
+    present: torch.Tensor                   # [B, M] bool
+    labels: Optional[torch.Tensor]          # [B, 1] in training, else None
+    training: bool
+    pooled: Callable[[], List[torch.Tensor]]        # each modality's pooled representation [B, D_m]
+    static_prediction: Callable[[], torch.Tensor]   # [B, 1]: every present modality weighted 1
+
+    @property
+    def detached(self) -> torch.Tensor:
+        """The scores the ratio is computed from: detached, in fp32 at least (also under bf16 autocast)."""
+        return self.scores.detach().to(torch.promote_types(self.scores.dtype, torch.float32))
+
+
+@dataclass
+class RatioResult:
+    ratio: torch.Tensor                     # [B, M], summing to 1 over the present modalities
+    aux: Optional[torch.Tensor] = None      # the rule's own loss, added by the trainer
+    report: Dict[str, torch.Tensor] = field(default_factory=dict)   # extra outputs of forward
+
+
+class RatioRule:
+    """One ``ratio_source``. Subclass, set ``name`` and ``help``, build your heads in
+    ``heads`` (registered on the model under the names you give, so they are in its state
+    dict), compute the ratio in ``__call__``, and register with ``@RATIO_RULES.register()``."""
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+
+    def __init__(self, config):
+        self.config = config
+
+    def heads(self, widths: List[int]) -> Dict[str, nn.Module]:
+        """{attribute name: module} the rule needs; ``widths``: each modality's representation width."""
+        return {}
+
+    def __call__(self, model: nn.Module, x: RatioInputs) -> RatioResult:
+        raise NotImplementedError
+
+
+@RATIO_RULES.register()
+class Reliability(RatioRule):
+    name = "reliability"
+    help = "ours: each modality's learned, scale-free reliability (inverse predicted error, lowered on disagreement)"
+
+    def heads(self, widths):
+        return {"reliability": ReliabilityHeads(widths)}
+
+    def __call__(self, model, x):
+        log_var = model.reliability(x.pooled())
+        r = reliability_ratio(x.detached, log_var.detach(), x.present, self.config.ratio_agreement)
+        # the heads learn each modality's error variance
+        aux = ReliabilityHeads.nll(log_var, x.scores, x.labels, x.present) if x.labels is not None else None
+        return RatioResult(r, aux, {"log_var": log_var})
+
+
+class Agreement(RatioRule):
+    """R_m = softmax_m(-k (s_m - s)^2) over the present modalities, s = ``target``."""
+
+    def target(self, model, x: RatioInputs):
+        """(s [B, 1], the auxiliary loss or None, what to report)."""
+        raise NotImplementedError
+
+    def __call__(self, model, x):
+        s, aux, report = self.target(model, x)
+        return RatioResult(sentiment_ratio(x.detached, s, self.config.ratio_k, x.present), aux, report)
+
+
+def _fit(estimate: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The auxiliary MSE that teaches a learned target the label."""
+    if labels is None:
+        return None
+    return nn.functional.mse_loss(estimate, labels.reshape(-1, 1).to(estimate.dtype))
+
+
+@RATIO_RULES.register()
+class Consensus(Agreement):
+    name = "consensus"
+    help = "agreement with the mean score of the present modalities (label-free)"
+
+    @staticmethod
+    def mean(scores: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if present is None:
+            return scores.mean(dim=-1, keepdim=True)
+        w = present.to(scores.dtype)
+        return (scores * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True).clamp(min=1)
+
+    def target(self, model, x):
+        return self.mean(x.detached, x.present), None, {}
+
+
+@RATIO_RULES.register()
+class Estimate(Agreement):
+    name = "estimate"
+    help = "agreement with a small learned estimate of the overall score from the unimodal scores"
+
+    def heads(self, widths):
+        return {"ratio_estimator": RatioEstimator(len(widths))}
+
+    def target(self, model, x):
+        estimate = model.ratio_estimator(x.scores, x.present)
+        return estimate.detach(), _fit(estimate, x.labels), {"estimate": estimate}
+
+
+@RATIO_RULES.register()
+class Prediction(Agreement):
+    name = "prediction"
+    help = "agreement with the network's own static-fusion prediction (a second fusion pass)"
+
+    def target(self, model, x):
+        estimate = x.static_prediction()
+        return estimate.detach(), _fit(estimate, x.labels), {"estimate": estimate}
+
+
+@RATIO_RULES.register()
+class Label(Agreement):
+    name = "label"
+    help = "agreement with the label, the authors' choice (training only; consensus at evaluation)"
+
+    def target(self, model, x):
+        if x.training and x.labels is not None:
+            return x.labels.reshape(-1, 1).to(x.detached.dtype), None, {}
+        return Consensus.mean(x.detached, x.present), None, {}
