@@ -147,3 +147,31 @@ def test_unknown_command_is_a_clear_error(capsys):
     assert main(["evaluat", "--weights", "w.pth"]) == 2
     err = capsys.readouterr().err
     assert "unknown command 'evaluat'" in err and "pretrain" in err and "Traceback" not in err
+
+
+def test_every_registered_command_is_in_the_usage_and_runs_its_own_help(capsys):
+    from kuda_mmsa.cli.main import COMMANDS, main
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "-h"])
+        assert e.value.code == 0, name
+        assert capsys.readouterr().out.startswith(f"usage: kuda-mmsa {name}"), name
+    from kuda_mmsa.cli.main import usage
+
+    text = usage("kuda-mmsa")
+    assert all(f"kuda-mmsa {n} " in text or f"kuda-mmsa [{n}] " in text for n in COMMANDS)
+
+
+def test_a_registered_command_is_dispatched(monkeypatch, capsys):
+    from kuda_mmsa.cli.main import COMMANDS, Command, main, usage
+
+    class Hello(Command):
+        def main(self, argv, prog):
+            print(f"{prog}: hello {' '.join(argv)}")
+            return 0
+
+    monkeypatch.setitem(COMMANDS._entries, "hello", Hello("hello", "NAME", "say hello"))
+    assert main(["hello", "world"]) == 0
+    assert capsys.readouterr().out == "kuda-mmsa hello: hello world\n"
+    assert "kuda-mmsa hello NAME" in usage("kuda-mmsa") and "say hello" in usage("kuda-mmsa")
