@@ -210,3 +210,20 @@ def defaults() -> Dict[str, object]:
     import copy
 
     return {k.name: copy.deepcopy(k.default) for k in KEYS}
+
+
+def setting(args, name: str):
+    """The value of key ``name`` (dotted for nested sections: ``pretrain.seed``) in a run's
+    args, else the schema's default: code below the glue reads keys through this, so no
+    default is restated as a literal (the glue fills every key; partial args come from tests
+    and tools)."""
+    import copy
+
+    if "." in name:
+        section, sub = name.split(".", 1)
+        mapping = args.get(section) or {}
+        if sub in mapping:
+            return mapping[sub]
+    elif name in args:
+        return args[name]
+    return copy.deepcopy(SCHEMA[name].default)

@@ -28,6 +28,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __in
                        # DataLoader iterator that draws from the shuffle generator (and, with
                        # workers, prefetches), so results changed with -n
 
+from ..config.schema import setting
 from ..data.loaders import make_loaders
 from ..errors import KudaCheckpointError, KudaInputError, KudaStaleStateError, KudaTrainingError
 from ..files import atomic_write_text, ensure_writable_dir, remove_stale_temps
@@ -86,8 +87,8 @@ def job_from_args(args: Mapping[str, Any], device=None, num_workers: int = 0,
         origin={"dataset": dataset, "data": args.get("data_fingerprint"),
                 "encoder": text_encoder_info(model.pretrained)},
         has_unimodal_labels=bool(args.get("has_unimodal_labels", True)),
-        device=device or args.get("device") or "cpu", seed=int(args["pretrain"].get("seed", 1111)),
-        num_workers=int(num_workers or 0), progress=bool(args.get("progress", True)),
+        device=device or args.get("device") or "cpu", seed=int(setting(args, "pretrain.seed")),
+        num_workers=int(num_workers or 0), progress=bool(setting(args, "progress")),
         masked=not model.authors("padding"),
         data_name=Path(str(args.get("custom_feature") or args.get("featurePath") or "")).name,
         cuda_graphs=args["cuda_graphs"])
@@ -172,7 +173,7 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
     params = list(branch.parameters())
     opt = make_adamw(params, lr=float(job.pretrain["learning_rate"]),
                      weight_decay=float(job.pretrain["weight_decay"]), capturable=graphs)
-    early_stop = int(job.pretrain.get("early_stop", epochs))
+    early_stop = int(setting({"pretrain": job.pretrain}, "pretrain.early_stop"))
     start, best, best_epoch, best_state = 0, float("inf"), 0, None
     if state is not None:
         branch.load_state_dict(state["branch"])

@@ -30,7 +30,7 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __in
                        # workers, prefetches), so results changed with -n
 
 from .. import __version__, plots
-from ..config.schema import KEYS
+from ..config.schema import KEYS, setting
 from ..errors import KudaTrainingError
 from ..files import atomic_write_text, remove_stale_temps
 from . import distributed
@@ -61,8 +61,8 @@ class KuDATrainer:
         self.args = args
         self.metrics = metrics_for(args.get("metrics_name") or "SIMS")
         self.criterion = nn.MSELoss()
-        self.ce_weight = float(args.get("ce_weight", 0.1))
-        self.precision, why = choose(args.get("precision", "auto"), detect(args["device"]))
+        self.ce_weight = float(setting(args, "ce_weight"))
+        self.precision, why = choose(setting(args, "precision"), detect(args["device"]))
         logger.info(f"Precision {self.precision} ({why}).")
         self.history = []
         self.knowledge = {}
@@ -97,7 +97,7 @@ class KuDATrainer:
         args = self.args
         # token ids made by another tokenizer than the text encoder's are refused before training
         check_text_data(datasets, args.get("pretrained"), f"the feature file '{data_label(args)}'")
-        if not args.get("use_knowledge", True):
+        if not setting(args, "use_knowledge"):
             logger.info("use_knowledge is off: adapters and decoders start from random weights and train.")
             return
         job = job_from_args(args, device=args["device"])
@@ -107,7 +107,7 @@ class KuDATrainer:
                 return load_cross_dataset_knowledge(kuda, args, datasets, device=args["device"])[:2]
             # Parallel sweep cells share the knowledge folder: one of them runs stage 1.
             with distributed.file_lock(job.paths["T"].parent):
-                paths = ensure_knowledge(job, datasets, auto_pretrain=bool(args.get("auto_pretrain", True)),
+                paths = ensure_knowledge(job, datasets, auto_pretrain=bool(setting(args, "auto_pretrain")),
                                          allow_other_data=bool(args.get("knowledge_from")))
             uids = {}
             for m, path in paths.items():
@@ -122,7 +122,7 @@ class KuDATrainer:
             folder, self.knowledge = self.dist.on_main(prepare)
         else:
             folder, self.knowledge = prepare()
-        if args.get("freeze_knowledge", True):
+        if setting(args, "freeze_knowledge"):
             freeze_knowledge(kuda, knowledge_modalities(args))
         logger.info(f"Loaded stage-1 knowledge from {folder}")
 
@@ -192,7 +192,7 @@ class KuDATrainer:
         else:
             distributed.seed_rank(ctx, int(args.get("seed") or 0))
 
-        progress = bool(args.get("progress", True)) and ctx.is_main
+        progress = bool(setting(args, "progress")) and ctx.is_main
         stop = epoch > 0 and epoch - best_epoch >= int(args["early_stop"])
         while epoch < max_epochs and not stop:
             epoch += 1
@@ -276,7 +276,7 @@ class KuDATrainer:
                     f"nothing can be tested. Check the data and the learning rate.")
             resume.unlink(missing_ok=True)
             logger.info(f"Best validation {key} {best_valid:.4f} at epoch {best_epoch}; weights in {save_path}")
-            if args.get("plots", True):
+            if setting(args, "plots"):
                 self.save_curves(key)
 
         ctx.on_main(finish) if ctx.distributed else finish()

@@ -36,6 +36,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from ..config.schema import setting
 from ..data import FeatureSpec, read_features, text_encoder_vocab_size
 from ..errors import KudaCheckpointError, KudaInputError
 from .checkpoints import MODALITY_NAMES, load_knowledge_into, read_knowledge
@@ -55,9 +56,9 @@ def is_cross_dataset(args: Mapping[str, Any]) -> bool:
 
 def knowledge_modalities(args: Mapping[str, Any]) -> Tuple[str, ...]:
     """The modalities whose adapters and decoders come from stage 1 (and are frozen)."""
-    if not args.get("use_knowledge", True):
+    if not setting(args, "use_knowledge"):
         return ()
-    if is_cross_dataset(args) and args.get("knowledge_text", "source") == "scratch":
+    if is_cross_dataset(args) and setting(args, "knowledge_text") == "scratch":
         return ("V", "A")
     return ("T", "V", "A")
 
@@ -169,8 +170,8 @@ def load_cross_dataset_knowledge(kuda: nn.Module, args: Mapping[str, Any], datas
     uid or None}, {modality: {"source", "path", "loaded", "fresh", "rescaled"}})."""
     info = source_info(args)
     source = info["dataset"]
-    text_mode = args.get("knowledge_text", "source")
-    auto = bool(args.get("auto_pretrain", True))
+    text_mode = setting(args, "knowledge_text")
+    auto = bool(setting(args, "auto_pretrain"))
     from_source = ["V", "A"] + (["T"] if text_mode == "source" else [])
     features = read_source(args, need_text="T" in from_source)
     job = source_job(args, features, device=device, num_workers=num_workers)
