@@ -84,7 +84,7 @@ def retokenize_file(feature_file, pretrained, out, max_length: Optional[int] = N
     # imported here, not at the top: `-h` and argument errors answer without loading torch
     from ..data.validate import read_pickle
     from ..mmsa.args import resolve_pretrained
-    from ..model.encoders import load_tokenizer
+    from ..data.tokenization import load_tokenizer
 
     # the names training accepts ('demo-tiny-bert': the local demo BERT) mean the same here
     tokenizer = load_tokenizer(resolve_pretrained(pretrained))

@@ -30,10 +30,10 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __in
 
 from ..config.schema import setting
 from ..data.loaders import make_loaders
+from ..data.tokenization import check_tokenization, load_tokenizer
 from ..errors import KudaCheckpointError, KudaInputError, KudaStaleStateError, KudaTrainingError
 from ..files import atomic_write_text, ensure_writable_dir, remove_stale_temps
 from ..model import KuDAConfig, build_branch, text_encoder_info
-from ..model.encoders import check_tokenization, load_tokenizer
 from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin, data_content,
                           cpu_state_dict, describe_differences, knowledge_paths, plain, read_checkpoint,
                           read_knowledge, read_resume, save_knowledge)
@@ -265,7 +265,7 @@ def data_label(args: Mapping[str, Any]) -> str:
 
 def check_text_data(datasets: Optional[Mapping[str, Any]], pretrained: Any, where: str, hint: str = "") -> Optional[dict]:
     """The text ids of ``datasets`` (the train split, else the first) against the tokenizer of
-    the text encoder ``pretrained`` (model.encoders.check_tokenization): a KudaInputError when
+    the text encoder ``pretrained`` (data.tokenization.check_tokenization): a KudaInputError when
     they were made with another vocabulary. Nothing is checked when the encoder has no
     tokenizer files offline or the data has no text."""
     if not datasets or pretrained is None:
