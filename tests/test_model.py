@@ -328,3 +328,22 @@ def test_weights_saved_with_every_ratio_head_still_load_into_reference_mode():
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in old.state_dict().items())
     with pytest.raises(RuntimeError, match="not_a_head"):
         fresh.load_state_dict({**state, "not_a_head.weight": torch.zeros(1)})
+
+
+def test_forward_returns_a_typed_output_that_reads_like_mmsas_dict():
+    from kuda_mmsa.model.outputs import KuDAOutput
+
+    model = make_model()          # reliability: reports log_var; given labels, its aux loss
+    x, y = make_batch()
+    out = model(**x, labels=y)
+    assert isinstance(out, KuDAOutput)
+    assert list(out.keys()) == ["M", "T", "V", "A", "ratio", "present", "ce", "aux", "log_var"]
+    assert all(out[k] is getattr(out, k) for k in out.keys()) and dict(out.items())["M"] is out.M
+    assert "estimate" not in out and out.get("estimate") is None
+    with pytest.raises(KeyError):
+        out["estimate"]
+    model.eval()
+    with torch.no_grad():
+        assert "aux" not in model(**x)                       # no labels, no auxiliary loss
+    out.with_report({"log_var": out.ratio, "toy": out.M})    # a rule's own names go to extras
+    assert out.log_var is out.ratio and out["toy"] is out.M and "toy" in out.keys()

@@ -1,9 +1,8 @@
 """The whole KuDA network and its MMSA forward contract.
 
 forward(text, audio, vision, audio_lengths=None, vision_lengths=None, labels=None) returns a
-dict: 'M' [B,1] prediction, 'T', 'V', 'A' [B,1] unimodal scores, 'ratio' [B,3] (T, V, A),
-'present' [B,3] bool, 'ce' the correlation-estimation loss, and what the ratio rule reports
-('estimate', 'log_var'; given labels 'aux', its own loss, added by the trainer).
+KuDAOutput (model/outputs.py: the prediction M, the unimodal scores, the ratio, presence, the
+CE loss, and what the ratio rule reports), readable as a dict as MMSA's models are.
 
 A missing modality is one with no valid step: vision/audio length 0, or a text whose attention
 mask is all zero (``present`` false). In dynamic mode it gets ratio 0 (its message is not
@@ -11,7 +10,7 @@ added), it does not enter the first fused sequence F0, and the correlation-estim
 skips it. ``modality_dropout`` makes modalities missing at random in training so the model
 learns that case; static fusion and reference mode weigh every modality 1 as the paper does.
 """
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from .fusion import DAFBlock, LengthAlignment
 from .fusion_variants import LateFusion, build_fusion_variant
 from .layers import TransformerStack, masked_mean
 from .losses import correlation_estimation_loss
+from .outputs import KuDAOutput
 from .ratio import RatioInputs, sentiment_ratio
 
 
@@ -217,7 +217,7 @@ class KuDA(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
                 audio_lengths: Optional[torch.Tensor] = None, vision_lengths: Optional[torch.Tensor] = None,
-                labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                labels: Optional[torch.Tensor] = None) -> KuDAOutput:
         cfg = self.config
         masked = not cfg.authors("padding")
         present = self.presence(text, audio_lengths, vision_lengths)
@@ -248,16 +248,11 @@ class KuDA(nn.Module):
         weight, reference_ratio, ratio, rule = self._ratio(ratio_inputs)
         prediction, fused = self._predict(sources, weight, text_pad, reference_ratio, present_or_none)
         ce = correlation_estimation_loss([masked_mean(h, text_pad) for h in sources], fused, present_or_none)
-        out = {
-            "M": prediction,
-            "T": scores["T"], "V": scores["V"], "A": scores["A"],
-            "ratio": ratio, "present": present,
-            "ce": ce,
-        }
+        out = KuDAOutput(M=prediction, T=scores["T"], V=scores["V"], A=scores["A"], ratio=ratio,
+                         present=present, ce=ce)
         if rule is not None:
-            out.update(rule.report)
-            if rule.aux is not None:
-                out["aux"] = rule.aux
+            out.with_report(rule.report)
+            out.aux = rule.aux
         return out
 
 
