@@ -334,7 +334,7 @@ def _workers(marker: str):
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "kuda_mmsa.training.sweeps" in cmd and marker in cmd:
+        if "kuda_mmsa.sweeps.executors" in cmd and marker in cmd:
             found.append(int(proc.name))
     return found
 

@@ -8,7 +8,8 @@ import pytest
 from tiny_kuda import write_tiny_config  # tests/ is on sys.path
 
 from kuda_mmsa.errors import KudaInputError
-from kuda_mmsa.training import sweeps
+from kuda_mmsa.sweeps import cells, executors
+from kuda_mmsa.sweeps import tuner as optuna_tuner
 
 
 @pytest.fixture
@@ -22,17 +23,17 @@ def _rows(path):
 
 
 def test_devices_and_executor_flags():
-    assert sweeps.parse_devices("cpu:3") == ["cpu"] * 3 and sweeps.parse_devices("cpu") == ["cpu"]
-    assert sweeps.parse_devices("0,2", cuda_count=4) == ["cuda:0", "cuda:2"]
+    assert executors.parse_devices("cpu:3") == ["cpu"] * 3 and executors.parse_devices("cpu") == ["cpu"]
+    assert executors.parse_devices("0,2", cuda_count=4) == ["cuda:0", "cuda:2"]
     for bad in ("", "cpu:0", "gpu", "0,0", "1;2"):
         with pytest.raises(KudaInputError, match="--devices"):
-            sweeps.parse_devices(bad, cuda_count=4)
+            executors.parse_devices(bad, cuda_count=4)
     with pytest.raises(KudaInputError, match=r"GPU\(s\) \[5\] are not visible"):
-        sweeps.parse_devices("0,5", cuda_count=2)
-    assert sweeps.make_executor() is None
-    assert isinstance(sweeps.make_executor("cpu:2"), sweeps.LocalExecutor)
+        executors.parse_devices("0,5", cuda_count=2)
+    assert executors.make_executor() is None
+    assert isinstance(executors.make_executor("cpu:2"), executors.LocalExecutor)
     with pytest.raises(KudaInputError, match="--address"):
-        sweeps.make_executor(address="auto")
+        executors.make_executor(address="auto")
 
 
 def test_missing_ray_is_a_one_line_notice(monkeypatch, capsys):
@@ -57,7 +58,7 @@ def test_ablation_on_two_local_cpu_devices_is_parallel_and_resumable(tiny_demo_p
     res = ablate.run_ablation("demo", [7], ["kuda", "kuda_static"], out, feature_file=str(tiny_demo_pickle),
                               config_file=str(tiny_cfg), verbose_level=1, echo=lines.append,
                               config={"knowledge_dir": str(tmp_path / "k"), "plots": False},
-                              executor=sweeps.make_executor("cpu:2"))
+                              executor=executors.make_executor("cpu:2"))
     assert sorted(res["ran"]) == [("kuda", 7), ("kuda_static", 7)] and res["failed"] == []
     assert lines[0].startswith("[ablate] 2 cell(s) to run on cpu x2 (local processes)")
     done = [line for line in lines[1:] if " done in " in line and " on cpu: MAE " in line]
@@ -85,7 +86,7 @@ def test_ablation_on_embedded_ray(tiny_demo_pickle, tiny_cfg, tmp_path):
     from kuda_mmsa.cli import ablate
 
     lines = []
-    with sweeps.RayExecutor(num_cpus=2) as ex:
+    with executors.RayExecutor(num_cpus=2) as ex:
         assert ex.slots == 2 and "Ray (embedded" in ex.describe()
         res = ablate.run_ablation("demo", [7, 8], ["kuda_no_knowledge"], tmp_path / "abl",
                                   feature_file=str(tiny_demo_pickle), config_file=str(tiny_cfg), verbose_level=0,
@@ -99,29 +100,29 @@ def test_ablation_on_embedded_ray(tiny_demo_pickle, tiny_cfg, tmp_path):
 def fake_trial(params, optuna=None, epochs=3, gpu_ids=None):
     """A trial whose validation loss is params['x'] at every epoch (module level: cells are
     called by name)."""
-    monitor = sweeps.EpochMonitor("Loss", sweeps.OptunaReporter(optuna))
+    monitor = optuna_tuner.EpochMonitor("Loss", optuna_tuner.OptunaReporter(optuna))
     try:
         for epoch in range(1, epochs + 1):
             monitor(epoch, {"Loss": float(params["x"])})
-    except sweeps.TrialPruned:
+    except optuna_tuner.TrialPruned:
         return {"pruned": True, "valid": monitor.best, "epochs": monitor.epochs}
     return {"pruned": False, "valid": monitor.best, "epochs": monitor.epochs, "results": {"MAE": params["x"]}}
 
 
 def _fake_cell(tmp_path):
     def make(number, params, spec):
-        return sweeps.Cell(f"t{number}", fake_trial, {"params": params, "optuna": spec}, tmp_path / f"t{number}")
+        return cells.Cell(f"t{number}", fake_trial, {"params": params, "optuna": spec}, tmp_path / f"t{number}")
     return make
 
 
 def test_optuna_prunes_on_the_epoch_metric_and_a_killed_study_resumes(tmp_path):
     pytest.importorskip("optuna")
     db = tmp_path / "study.db"
-    tuner = sweeps.OptunaTuner(db, "s", "minimize", {"x": [1.0, 5.0]}, seed=0, n_startup_trials=1)
+    tuner = optuna_tuner.OptunaTuner(db, "s", "minimize", {"x": [1.0, 5.0]}, seed=0, n_startup_trials=1)
     tuner.study.enqueue_trial({"x": 1.0})
     tuner.study.enqueue_trial({"x": 5.0})
     states = []
-    ran = tuner.run(2, sweeps.InlineExecutor(), _fake_cell(tmp_path),
+    ran = tuner.run(2, executors.InlineExecutor(), _fake_cell(tmp_path),
                     lambda n, p, r, state: states.append((p["x"], state)))
     assert ran == 2 and states == [(1.0, "complete"), (5.0, "pruned")]
     t0, t1 = tuner.study.trials
@@ -133,14 +134,14 @@ def test_optuna_prunes_on_the_epoch_metric_and_a_killed_study_resumes(tmp_path):
     import optuna
 
     stale = tuner.study.ask({"x": optuna.distributions.CategoricalDistribution([1.0, 5.0])})
-    again = sweeps.OptunaTuner(db, "s", "minimize", {"x": [1.0, 5.0]}, seed=0, n_startup_trials=1)
+    again = optuna_tuner.OptunaTuner(db, "s", "minimize", {"x": [1.0, 5.0]}, seed=0, n_startup_trials=1)
     states.clear()
-    assert again.run(3, sweeps.InlineExecutor(), _fake_cell(tmp_path),
+    assert again.run(3, executors.InlineExecutor(), _fake_cell(tmp_path),
                      lambda n, p, r, state: states.append((p["x"], state))) == 1
     assert [s[0] for s in states] == [stale.params["x"]]
     assert again.study.trials[stale.number].state == optuna.trial.TrialState.FAIL
     assert again.finished() == 3
-    assert again.run(3, sweeps.InlineExecutor(), _fake_cell(tmp_path)) == 0     # nothing left to do
+    assert again.run(3, executors.InlineExecutor(), _fake_cell(tmp_path)) == 0     # nothing left to do
 
 
 def test_tune_with_optuna_on_two_local_devices(tiny_demo_pickle, tmp_path, capsys):

@@ -42,14 +42,15 @@ from ..errors import KudaInputError
 from ..files import atomic_write_text, check_csv_target, update_csv
 from ..mmsa.datasets import canonical_name
 from ..mmsa.register import register
-from ..training.sweeps import Cell, CellResult, describe_result, make_executor, run_cells
+from ..sweeps.cells import Cell, CellResult
+from ..sweeps.executors import describe_result, make_executor, run_cells
 from .common import add_flags, add_output_flags, command_parser, output_folder, overrides, run_command
 from .explain import collect
 from .robustness import ablation_robustness, add_grid_flags
 from .variants import DEFAULT_VARIANTS, VARIANTS, Variant
 
 if TYPE_CHECKING:
-    from ..training.sweeps import Executor
+    from ..sweeps.executors import Executor
 
 # torch, MMSA and the run machinery are imported inside the functions that use them: `-h`
 # and argument errors answer without loading them.
@@ -310,7 +311,7 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
                  robustness: Optional[dict] = None, reference: Optional[str] = None,
                  executor: Optional[Executor] = None) -> dict:
     """Runs the missing (variant, seed) pairs, in this process or as cells on ``executor``
-    (kuda_mmsa.training.sweeps); returns {'csv', 'markdown', 'table', 'ran', 'failed'}.
+    (kuda_mmsa.sweeps); returns {'csv', 'markdown', 'table', 'ran', 'failed'}.
     With ``robustness`` (a corruption grid: kinds, modalities, rates, snr_db) every cell is
     then evaluated under test-time corruption (kuda_mmsa.cli.robustness)."""
     from ..training.distributed import env_context

@@ -44,7 +44,7 @@ from ..config.schema import KNOWLEDGE_TEXT
 from ..errors import KudaInputError
 from ..files import atomic_path, default_data_root
 from ..mmsa.datasets import DATASETS, canonical_name, dataset_choices, get_facts
-from ..training.sweeps import make_executor
+from ..sweeps.executors import make_executor
 from .ablate import finished_cells, read_rows, run_ablation
 from .common import add_flags, add_output_flags, command_parser, console_logging, guarded, output_folder
 

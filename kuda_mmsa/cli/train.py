@@ -55,7 +55,7 @@ def run(a: argparse.Namespace) -> int:
     # imported here, not at the top: `-h` and argument errors answer without loading torch and MMSA
     from ..mmsa.register import register
     from ..mmsa.run import MMSA_run
-    from ..training.sweeps import make_executor
+    from ..sweeps.executors import make_executor
 
     register()
     config = overrides(a)

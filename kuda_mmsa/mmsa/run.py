@@ -18,7 +18,7 @@ per-seed results are returned.
 Under torchrun (WORLD_SIZE > 1) a KuDA run is data-parallel (kuda_mmsa.training.distributed):
 each process takes the GPU of its LOCAL_RANK (or the CPU), the process group starts here,
 and rank 0 alone writes the result CSV, the log, the weights and the plots. Tuning (``-t``)
-may run its trials on an executor (local devices or Ray: kuda_mmsa.training.sweeps), with
+may run its trials on an executor (local devices or Ray: kuda_mmsa.sweeps), with
 MMSA's random search or Optuna (``tuner='optuna'``).
 """
 from __future__ import annotations
@@ -46,8 +46,9 @@ from ..training import distributed
 from ..training.checkpoints import weights_info_path
 from ..training.runs import RunFiles
 from ..training.metrics import lower_is_better
-from ..training.sweeps import (Cell, EpochMonitor, Executor, InlineExecutor, OptunaReporter, OptunaTuner,
-                               TrialPruned, describe_result, run_cells)
+from ..sweeps.cells import Cell
+from ..sweeps.executors import Executor, InlineExecutor, describe_result, run_cells
+from ..sweeps.tuner import EpochMonitor, OptunaReporter, OptunaTuner, TrialPruned
 from . import patches
 from .args import KUDA, build_args, plain_args
 from .datasets import canonical_name
@@ -214,7 +215,7 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
              tuner: str = "random", dist_backend: str = "auto") -> RunResult:
     """Train and test a model as MMSA_run does (see module docstring); ``config`` overrides
     the configuration (``config_source`` names where it came from in errors). Tuning only:
-    ``executor`` runs the trials (kuda_mmsa.training.sweeps; None = one after another here),
+    ``executor`` runs the trials (kuda_mmsa.sweeps; None = one after another here),
     ``tuner`` is 'random' (MMSA's search) or 'optuna'. Under torchrun: ``dist_backend``
     (auto | nccl | gloo). Defaults as the command line's: ``num_workers`` min(8, CPUs) (MMSA: 4,
     which makes torch warn on smaller machines), ``gpu_ids`` the GPU with the most free memory,
