@@ -40,10 +40,6 @@ def _pyplot():
     return plt
 
 
-def available() -> bool:
-    return _pyplot() is not None
-
-
 def _save(fig, plt, path, layout=True) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
