@@ -59,3 +59,4 @@ class Registry(Generic[T]):
 
 # The project's registries. Each is filled by the module named here, where its entries live.
 RATIO_RULES: Registry = Registry("ratio rule (ratio_source)", loader="kuda_mmsa.model.ratio")
+FUSIONS: Registry = Registry("fusion", loader="kuda_mmsa.model.fusions")

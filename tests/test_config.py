@@ -221,11 +221,12 @@ def test_config_commands(capsys, tmp_path):
         assert lines[i + 1].startswith("      ") and help_words in lines[i + 1], lines[i + 1]
     sections = [line for line in lines if line.startswith("[")]
     # and a registered choice (the ratio rules) one line each under its key, with its help
-    from kuda_mmsa.registry import RATIO_RULES
+    from kuda_mmsa.registry import FUSIONS, RATIO_RULES
 
-    i = next(i for i, line in enumerate(lines) if line.startswith("  ratio_source = "))
-    assert [line.split(":")[0].strip() for line in lines[i + 2:i + 2 + len(RATIO_RULES)]] == list(RATIO_RULES)
-    assert len(sections) >= 3 and len(lines) == len(sections) + 2 * len(SCHEMA) + len(RATIO_RULES)
+    for key, registry in (("ratio_source", RATIO_RULES), ("fusion", FUSIONS)):
+        i = next(i for i, line in enumerate(lines) if line.startswith(f"  {key} = "))
+        assert [line.split(":")[0].strip() for line in lines[i + 2:i + 2 + len(registry)]] == list(registry)
+    assert len(sections) >= 3 and len(lines) == len(sections) + 2 * len(SCHEMA) + len(RATIO_RULES) + len(FUSIONS)
     assert main(["config", "show", "-d", "sims", "-c", str(tmp_path / "missing.yaml")]) == 2
     err = capsys.readouterr().err
     assert "does not exist" in err and "Traceback" not in err

@@ -7,10 +7,10 @@ and applying them over the defaults with provenance (``resolve``), ``render`` fo
 from .keys import Key, closest
 from .layers import (DATA_FACTS, Effective, apply_mapping, describe_keys, package_config_path,
                      read_config_file, render, resolve)
-from .schema import FUSION_MODES, FUSIONS, KEYS, PRECISIONS, SCHEMA, defaults, keys_of
+from .schema import FUSION_MODES, KEYS, PRECISIONS, SCHEMA, defaults, keys_of
 
 __all__ = [
     "Key", "closest", "DATA_FACTS", "Effective", "apply_mapping", "describe_keys",
-    "package_config_path", "read_config_file", "render", "resolve", "FUSION_MODES", "FUSIONS",
+    "package_config_path", "read_config_file", "render", "resolve", "FUSION_MODES",
     "KEYS", "PRECISIONS", "SCHEMA", "defaults", "keys_of",
 ]

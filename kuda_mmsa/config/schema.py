@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from ..registry import RATIO_RULES
+from ..registry import FUSIONS, RATIO_RULES
 from .keys import Key
 
 FUSION_MODES = ("dynamic", "reference")
-FUSIONS = ("daf", "concat", "add", "late")
 KNOWLEDGE_TEXT = ("source", "own", "scratch")
 PRECISIONS = ("auto", "fp32", "bf16")
 CHECKPOINTING = ("auto", "none", "sequences", "all")
@@ -55,9 +54,8 @@ KEYS: List[Key] = [
            "in training and evaluation); reference: the authors' computation and training.",
            choices=FUSION_MODES),
     _model("fusion", "str", "daf",
-           "How the aligned modalities are fused: daf (the paper's dynamic attention fusion "
-           "blocks), or the ablations concat, add (one Transformer block on the concatenated or "
-           "summed sequences) and late (weighted sum of the unimodal predictions).",
+           "How the aligned modalities are fused (`config keys` lists each with its help): daf, "
+           "the paper's dynamic attention fusion blocks; the others are ablations.",
            choices=FUSIONS),
     _model("ratio_source", "str", "reliability",
            "Where the sentiment ratio comes from in dynamic mode: a ratio rule (`config keys` lists "

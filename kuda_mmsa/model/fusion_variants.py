@@ -1,5 +1,6 @@
-"""Fusion ablations: what replaces the dynamic attention fusion (DAF) blocks when the config key
-``fusion`` is not 'daf' (the paper never compares DAF with simpler fusions).
+"""Fusion ablations: the modules that replace the dynamic attention fusion (DAF) blocks when the
+config key ``fusion`` is not 'daf' (registered in model/fusions.py; the paper never compares
+DAF with simpler fusions).
 
 Everything else stays KuDA's: the same encoders, adapters and knowledge, the same length
 alignment (every modality mapped to [B, L_T, D]), the same output head, loss and ratio. Each
@@ -23,9 +24,6 @@ from torch import nn
 
 from .config import KuDAConfig
 from .layers import TransformerStack, masked_mean
-
-VARIANTS = ("concat", "add", "late")
-
 
 def modality_weights(weight: torch.Tensor, present: Optional[torch.Tensor]) -> torch.Tensor:
     """[B, M] weights summing to M per sample (present modalities only when ``present`` is given)."""
@@ -72,8 +70,3 @@ class LateFusion(nn.Module):
         fused = sum(p * w[:, i, None] for i, p in enumerate(pooled)) / m
         return prediction, fused
 
-
-def build_fusion_variant(config: KuDAConfig, num_modalities: int) -> nn.Module:
-    if config.fusion == "late":
-        return LateFusion()
-    return SequenceFusion(config, config.fusion, num_modalities)

@@ -15,11 +15,10 @@ from typing import Any, List, Mapping, Optional
 import torch
 from torch import nn
 
-from ..registry import RATIO_RULES
+from ..registry import FUSIONS, RATIO_RULES
 from .config import MODALITIES, KuDAConfig
 from .encoders import build_branch
-from .fusion import DAFBlock, LengthAlignment
-from .fusion_variants import LateFusion, build_fusion_variant
+from .fusion import LengthAlignment
 from .layers import TransformerStack, masked_mean
 from .losses import correlation_estimation_loss
 from .outputs import KuDAOutput
@@ -52,11 +51,12 @@ class KuDA(nn.Module):
             m: LengthAlignment(self.branches[m].out_width, config.seq_len(m), config.hidden_size, text_len)
             for m in MODALITIES
         })
-        # fusion 'daf': the paper's DAF blocks; 'concat' / 'add' / 'late': the ablations of
-        # fusion_variants.py (same encoders, alignment, head, loss and ratio)
-        daf = config.fusion == "daf"
-        self.blocks = nn.ModuleList(DAFBlock(config, len(MODALITIES)) for _ in range(config.fusion_layers if daf else 0))
-        self.fusion_variant = None if daf else build_fusion_variant(config, len(MODALITIES))
+        # the fusion (model/fusions.py) registers its modules here: 'blocks' (daf) or
+        # 'fusion_variant' (the ablations; same encoders, alignment, head, loss and ratio)
+        self.fuser = FUSIONS[config.fusion](config, len(MODALITIES))
+        self.blocks, self.fusion_variant = nn.ModuleList(), None
+        for name, module in self.fuser.modules().items():
+            setattr(self, name, module)
         self.head = OutputHead(config.hidden_size, config.head_sizes)
         # the ratio rule of dynamic mode builds only its own heads; static fusion and reference
         # mode (whose ratio comes from the label) have none
@@ -194,25 +194,9 @@ class KuDA(nn.Module):
         audio_lengths = audio_lengths.masked_fill(d_a.to(audio_lengths.device), 0)
         return text, audio, vision, audio_lengths, vision_lengths, present & ~drop
 
-    def _fuse(self, sources, weight, text_pad, reference_ratio, present=None):
-        if present is not None and self.dynamic:   # F0 over the present modalities
-            w = present.to(sources[0].dtype)
-            f = sum(h * w[:, i, None, None] for i, h in enumerate(sources))
-        else:
-            f = sum(sources)
-        for block in self.blocks:
-            f = block(f, sources, weight.to(f.dtype), text_pad, reference_ratio)
-        return f
-
     def _predict(self, sources, weight, text_pad, reference_ratio, present=None):
         """(prediction [B, 1], pooled fused representation [B, D]) by the configured fusion."""
-        if isinstance(self.fusion_variant, LateFusion):
-            return self.fusion_variant(sources, weight, text_pad, self.head, present)
-        if self.fusion_variant is not None:
-            fused = masked_mean(self.fusion_variant(sources, weight, text_pad, present), text_pad)
-        else:
-            fused = masked_mean(self._fuse(sources, weight, text_pad, reference_ratio, present), text_pad)
-        return self.head(fused), fused
+        return self.fuser(self, sources, weight, text_pad, reference_ratio, present)
 
     # ------------------------------------------------------------------ forward
     def forward(self, text: torch.Tensor, audio: torch.Tensor, vision: torch.Tensor,
