@@ -100,3 +100,32 @@ def test_bench_train_runs_end_to_end_tiny(tmp_path):
     (row,) = data["rows"]
     assert row["variant"] == "ours-fp32" and row["precision"] == "fp32" and row["step_s"] > 0
     assert row["peak_rss_gib"] > 0 and "cpu_flags" in data["meta"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("modality", ["V", "T"])
+def test_bench_train_stage1_runs_tiny(tmp_path, modality):
+    """--stage 1: one modality's knowledge pre-training step (training.stage1.branch_training),
+    tiny shapes, one round, no baseline; the parent prints and writes what it promises."""
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench_train.py"), "--stage", "1", "--modality", modality, "-b", "2",
+         "--text-len", "6", "--vision", "8", "5", "--audio", "9", "3", "--baseline", "none", "--rounds", "1",
+         "--steps", "1", "--warmup", "0", "--eval-steps", "1", "--mem-limit-gib", "0", "--json", str(out)],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert f"stage-1 training step of the {modality} branch" in r.stdout
+    assert "CPU flags:" in r.stdout and "s/step, peak RSS" in r.stdout
+    data = json.loads(out.read_text())
+    assert data["meta"]["stage"] == 1 and data["meta"]["modality"] == modality
+    (row,) = data["rows"]
+    assert row["variant"] == "ours" and row["precision"] == "fp32" and row["step_s"] > 0
+    assert row["peak_rss_gib"] > 0 and row["eval_samples_per_s"] > 0 and row["captured"] is False
+
+
+def test_bench_train_stage1_refuses_a_precision():
+    r = subprocess.run([sys.executable, str(ROOT / "tools" / "bench_train.py"), "--stage", "1", "--variants",
+                        "ours-bf16", "--baseline", "none"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "stage 1 trains in fp32" in r.stderr

@@ -28,6 +28,24 @@ measurement runs in its own child process, so its peak RSS is its own. Variants:
     python tools/bench_train.py -b 16                         # materialising baseline
     python tools/bench_train.py -b 32 --device cuda --eval-steps 5 --json out.json
 
+--stage 1 --modality T|V|A times one stage-1 step instead (knowledge injection: one modality's
+branch trained alone against its unimodal label, training/stage1.py), at the same shapes:
+  ours            training.stage1.branch_training, what train_branch runs: the branch, MSE,
+                  make_adamw with the pretrain section's defaults (lr 1e-4, weight decay 1e-3),
+                  the TrainStep (captured in a CUDA graph on a GPU), the loop's on-device loss sum;
+                  fp32 (stage 1 has no autocast); evaluation as stage1._evaluate (eager, no_grad)
+  ours-eager, ours-ckpt, ...   as above (precision parts are refused: stage 1 is fp32)
+  authors         their pretrain.py: models.Encoder_KIAdapter.UniPretrain(modality,
+                  num_patches, fea_size), AdamW(lr 1e-4, weight_decay 1e-3) (their parse_opts
+                  defaults, the same as ours), MSELoss on output[1], the body of their train()
+                  (loss.item() and output[1].cpu() every step, as their loop does), with the
+                  same run-time adaptations as stage 2 (printed); it runs as such, no stand-in
+  materialising   our branch with the eager reference op and the SDPA math path, plain AdamW
+  The authors' stage-1 batch is on the device before the step (their loop copies V, A and T
+  to the device every step, whatever the modality: not counted); ours arrives on the host.
+
+    python tools/bench_train.py --stage 1 --modality V -b 32 --authors-repo ~/src/KuDA
+
 --isa avx2 stands in for an AVX2-only CPU on a newer one: every child runs with torch's
 kernels capped at AVX2 (ATEN_CPU_CAPABILITY=avx2, ONEDNN_MAX_CPU_ISA=AVX2,
 MKL_ENABLE_INSTRUCTIONS=AVX2, KUDA_MMSA_CPU_ISA=avx2), so `precision: auto` chooses fp32 as it
@@ -255,6 +273,55 @@ def run_ours(opts, variant):
     return finish(res, opts, device)
 
 
+def run_ours_stage1(opts, variant):
+    """One stage-1 step of one modality through training.stage1.branch_training (what
+    train_branch runs), with the schema's pretrain defaults; evaluation as stage1._evaluate."""
+    import torch
+    from transformers import BertConfig
+
+    from kuda_mmsa.config.schema import defaults
+    from kuda_mmsa.model import KuDAConfig
+    from kuda_mmsa.ops import backend
+    from kuda_mmsa.training.stage1 import branch_inputs, branch_training, step_inputs
+
+    _, ckpt, cuda_graphs = parse_ours(variant)
+    device, m = torch.device(opts.device), opts.modality
+    d = defaults()
+    pretrain = {k: d[f"pretrain.{k}"] for k in ("learning_rate", "weight_decay")}
+    torch.manual_seed(0)
+    L_T, (L_V, D_V), (L_A, D_A) = opts.text_len, opts.vision, opts.audio
+    cfg = KuDAConfig(feature_dims=[768, D_A, D_V], seq_lens=[L_T, L_A, L_V],
+                     pretrained=BertConfig(vocab_size=21128), **({"gradient_checkpointing": ckpt} if ckpt else {}))
+    masked = not cfg.authors("padding")  # Stage1Job.masked
+    branch, _, train_step = branch_training(cfg, m, pretrain, device, cuda_graphs, masked)
+    x = make_batch(opts, torch.device("cpu"))  # on the host, as from stage 1's DataLoader
+    if device.type == "cuda":
+        x = {k: t.pin_memory() for k, t in x.items()}
+    batch = {**x, "labels": {"M": x["labels"], m: x["labels"]}}
+    inputs = step_inputs(batch, m)
+    running = torch.zeros((), device=device)
+
+    def step():  # the body of train_branch's loop (the mode is set once per epoch)
+        if not branch.training:
+            branch.train()
+        running.add_(train_step(inputs)["loss"] * inputs["y"].shape[0])
+
+    def eval_step():  # the body of stage1._evaluate (one host read per batch)
+        if branch.training:
+            branch.eval()
+        with torch.no_grad():
+            _, score, _ = branch(*branch_inputs(batch, m, device), masked=masked)
+            float(((score - inputs["y"].to(device)) ** 2).sum())
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    res = timed(step, opts, device, eval_step)
+    res.update({"variant": variant, "precision": "fp32", "gradient_checkpointing": cfg.gradient_checkpointing,
+                "kernels": backend(), "cuda_graphs": cuda_graphs, "captured": train_step.captured,
+                "capture_failure": train_step.capture_failure})
+    return finish(res, opts, device)
+
+
 # ============================================================================ materialising
 def run_materialising(opts, variant):
     os.environ["KUDA_MMSA_KERNELS"] = "reference"  # before kuda_mmsa.ops is imported
@@ -268,6 +335,8 @@ def run_materialising(opts, variant):
     torch.manual_seed(0)
     L_T, (L_V, D_V), (L_A, D_A) = opts.text_len, opts.vision, opts.audio
     cfg = KuDAConfig(feature_dims=[768, D_A, D_V], seq_lens=[L_T, L_A, L_V], pretrained=BertConfig(vocab_size=21128))
+    if opts.stage == 1:
+        return materialising_stage1(opts, variant, cfg, device)
     model = KuDA(cfg).to(device)
     model.freeze_knowledge()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -288,6 +357,42 @@ def run_materialising(opts, variant):
         model.eval()
         with torch.no_grad():
             model(**inputs)["M"].cpu()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with sdpa_kernel([SDPBackend.MATH]):
+        res = timed(step, opts, device, eval_step)
+    res.update({"variant": variant, "precision": "fp32", "kernels": "reference (eager), SDPA math"})
+    return finish(res, opts, device)
+
+
+def materialising_stage1(opts, variant, cfg, device):
+    """Our stage-1 branch on the materialising path (run_materialising's setting), plain AdamW
+    with the pretrain defaults, the same MSE."""
+    import torch
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from kuda_mmsa.model import build_branch
+    from kuda_mmsa.training.stage1 import branch_inputs
+
+    m = opts.modality
+    branch = build_branch(cfg, m).to(device)
+    opt = torch.optim.AdamW(branch.parameters(), lr=1e-4, weight_decay=1e-3)
+    x = make_batch(opts, device)
+    args, y = branch_inputs(x, m, device), x["labels"]
+
+    def step():
+        branch.train()
+        _, score, _ = branch(*args)
+        loss = torch.nn.functional.mse_loss(score, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def eval_step():
+        branch.eval()
+        with torch.no_grad():
+            branch(*args)[1].cpu()
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -327,8 +432,9 @@ def authors_commit(path):
     return r.stdout.strip() if r.returncode == 0 and (p / "HEAD").is_file() else "?"
 
 
-def run_authors(opts, variant):
-    """The authors' stage-2 step: their KMSA, their loss, their optimiser, their loop body."""
+def authors_encoders(opts):
+    """(device, their models.Encoder_KIAdapter adapted to run here, the adaptations made): what
+    both stages need (their README's torch patch, a random BERT instead of ./pretrainedModel)."""
     import types
 
     import torch
@@ -384,6 +490,18 @@ def run_authors(opts, variant):
     adaptations.append("models.Encoder_KIAdapter.BertConfig/BertModel/BertTokenizer.from_pretrained (lines 101-103) "
                        "build a random BertModel(BertConfig(output_hidden_states=True, vocab_size=21128)) and a "
                        "dummy tokenizer instead of reading ./pretrainedModel/BERT")
+    return device, enc, adaptations
+
+
+def run_authors(opts, variant):
+    """The authors' stage-2 step: their KMSA, their loss, their optimiser, their loop body."""
+    import types
+
+    import torch
+
+    if opts.stage == 1:
+        return run_authors_stage1(opts, variant)
+    device, enc, adaptations = authors_encoders(opts)
 
     D_V, D_A = opts.vision[1], opts.audio[1]
     feature_dims = {"V": D_V, "A": D_A}
@@ -450,6 +568,54 @@ def run_authors(opts, variant):
     return finish(res, opts, device)
 
 
+def run_authors_stage1(opts, variant):
+    """The authors' stage-1 step: their pretrain.py's model, loss, optimiser and train() body."""
+    import torch
+
+    device, enc, adaptations = authors_encoders(opts)
+    m = opts.modality
+    L, D = {"T": (opts.text_len, 768), "V": tuple(opts.vision), "A": tuple(opts.audio)}[m]
+    torch.manual_seed(0)
+    # pretrain.py's main(): UniPretrain(modality, num_patches=seq_lens[i], fea_size=fea_dims[i]);
+    # its parse_opts defaults are CH-SIMS v2's ([50, 232, 925], [768, 177, 25]), lr 1e-4, wd 1e-3
+    model = enc.UniPretrain(m, num_patches=L, fea_size=D).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-3)
+    loss_fn = torch.nn.MSELoss()
+    adaptations.append(f"UniPretrain('{m}', num_patches={L}, fea_size={D}), AdamW(lr=1e-4, weight_decay=1e-3) as "
+                       "pretrain.py's main() builds them, without its data loader and scheduler (stepped per epoch)")
+
+    x = make_batch(opts, device)
+    vmask = torch.arange(opts.vision[0], device=device)[None, :] >= x["vision_lengths"][:, None]  # True = padding
+    amask = torch.arange(opts.audio[0], device=device)[None, :] >= x["audio_lengths"][:, None]
+    label = x["labels"]
+
+    def inputs():  # a fresh dict per step: their text encoder writes its mask into it
+        return {"V": x["vision"], "A": x["audio"], "T": x["text"], "mask": {"V": vmask, "A": amask, "T": []}}
+
+    def step():  # the body of pretrain.py's train() (without the progress bar)
+        model.train()
+        output = model(inputs())
+        loss = loss_fn(output[1], label)
+        loss.item()             # losses.update(loss.item(), ...): a host sync every step
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        output[1].cpu()         # y_pred.append(output[1].cpu()) for the epoch's metrics
+
+    def eval_step():  # the body of their evaluate()
+        model.eval()
+        with torch.no_grad():
+            output = model(inputs())
+            output[1].cpu()
+            loss_fn(output[1], label).item()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    res = timed(step, opts, device, eval_step)
+    res.update({"variant": variant, "precision": "fp32", "adaptations": adaptations})
+    return finish(res, opts, device)
+
+
 # ============================================================================ parent
 def cpu_info():
     """(CPU model name, the flags of CPU_FLAGS_SHOWN it has), from /proc/cpuinfo."""
@@ -480,7 +646,8 @@ def run_child(opts, variant):
     cmd = [sys.executable, __file__, "--child", variant, "-b", str(opts.batch_size), "--device", opts.device,
            "--steps", str(opts.steps), "--warmup", str(opts.warmup), "--eval-steps", str(opts.eval_steps),
            "--text-len", str(opts.text_len), "--vision", *map(str, opts.vision), "--audio", *map(str, opts.audio),
-           "--precision", opts.precision, "--profile-steps", str(opts.profile_steps)]
+           "--precision", opts.precision, "--profile-steps", str(opts.profile_steps),
+           "--stage", str(opts.stage), "--modality", opts.modality]
     if opts.threads:
         cmd += ["--threads", str(opts.threads)]
     if variant == "authors":
@@ -517,6 +684,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-b", "--batch-size", type=int, default=16)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--stage", type=int, choices=[1, 2], default=2,
+                   help="2: the multimodal step (default); 1: one modality's knowledge pre-training step")
+    p.add_argument("--modality", choices=["T", "V", "A"], default="T", help="stage 1: the branch to train")
     p.add_argument("--baseline", choices=["authors", "materialising", "none"], default=None,
                    help="default: authors when --authors-repo (or $%s) is given, else materialising" % AUTHORS_REPO_ENV)
     p.add_argument("--authors-repo", default=os.environ.get(AUTHORS_REPO_ENV),
@@ -551,13 +721,16 @@ def main() -> None:
         if opts.threads:
             torch.set_num_threads(opts.threads)
         v = opts.child
-        run = run_authors if v == "authors" else run_materialising if v in ("materialising", "baseline") else run_ours
+        run = run_authors if v == "authors" else run_materialising if v in ("materialising", "baseline") else \
+            run_ours_stage1 if opts.stage == 1 else run_ours
         print(json.dumps(run(opts, v)))
         return
 
     for v in opts.variants:
         if not v.startswith("ours") or any(x not in VARIANT_PARTS for x in v.split("-")[1:]):
             p.error(f"unknown variant {v!r}")
+        if opts.stage == 1 and parse_ours(v)[0] not in (None, "fp32"):
+            p.error(f"{v}: stage 1 trains in fp32 (its step has no autocast); leave the precision out")
     baseline = opts.baseline or ("authors" if opts.authors_repo else "materialising")
     notes = []
     if baseline == "authors" and not opts.authors_repo:
@@ -585,7 +758,8 @@ def main() -> None:
     cpu_model, flags = cpu_info()
     threads = opts.threads or torch.get_num_threads()
     auto, why = choose(opts.precision, detect(device))
-    print(f"# bench_train: stage-2 training step, batch {opts.batch_size}, T {opts.text_len}, "
+    what = f"stage-1 training step of the {opts.modality} branch" if opts.stage == 1 else "stage-2 training step"
+    print(f"# bench_train: {what}, batch {opts.batch_size}, T {opts.text_len}, "
           f"V {opts.vision[0]}x{opts.vision[1]}, A {opts.audio[0]}x{opts.audio[1]}, bert-base sizes (random)")
     print(f"machine: {cpu_model}; CPU flags: {' '.join(flags) or 'none of ' + '/'.join(CPU_FLAGS_SHOWN)}; "
           f"{threads} torch threads of {os.cpu_count()} CPUs; torch {torch.__version__}")
@@ -594,7 +768,8 @@ def main() -> None:
               f"torch's CPU capability here: {torch.backends.cpu.get_cpu_capability()}")
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}")
-    print(f"checkout {commit_of_checkout()}; ours: precision {auto} ({why})")
+    print(f"checkout {commit_of_checkout()}; ours: precision "
+          + ("fp32 (stage 1 has no autocast)" if opts.stage == 1 else f"{auto} ({why})"))
     if baseline == "authors":
         print(f"authors' code: {opts.authors_repo} (commit {authors_commit(opts.authors_repo)})")
     for n in notes:
@@ -668,6 +843,7 @@ def main() -> None:
         meta = {"cpu": cpu_model, "cpu_flags": flags, "isa_cap": opts.isa, "threads": threads, "cpus": os.cpu_count(),
                 "torch": torch.__version__, "commit": commit_of_checkout(), "baseline": baseline,
                 "batch": opts.batch_size, "device": opts.device, "precision_auto": [auto, why], "notes": notes,
+                "stage": opts.stage, "modality": opts.modality if opts.stage == 1 else None,
                 "gpu": torch.cuda.get_device_name(device) if gpu else None,
                 "shapes": {"T": opts.text_len, "V": opts.vision, "A": opts.audio}}
         Path(opts.json).write_text(json.dumps({"meta": meta, "rows": rows, "adaptations": adaptations,

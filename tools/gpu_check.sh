@@ -15,10 +15,13 @@
 #   5. the CUDA tests of the op again with KUDA_MMSA_TC=1 (fp16/bf16 on tensor cores);
 #   6. op accuracy beside PyTorch's own same-dtype error (tools/op_accuracy.py);
 #   7. step benchmark at batch 16 and 64 (ours vs the baseline);
-#   8. the DDP section below (DDP=0 skips it).
+#   8. stage-1 step benchmark (knowledge pre-training, tools/bench_train.py --stage 1) of the T, V
+#      and A branches at batch $STAGE1_BATCH (32, stage 1's default), ours vs the same baseline,
+#      with kernel profiles -> bench_stage1_{T,V,A}.json;
+#   9. the DDP section below (DDP=0 skips it).
 # Everything goes to $OUT (default ./gpu_check_out): logs, junit XML, benchmark JSON and
 # summary.json, one file with every result. Knobs: PYTEST_K (a pytest -k subset), BENCH=0
-# (no benchmarks), BATCH, STEPS, *_TIMEOUT (seconds), COMPILE_TESTS=1.
+# (no benchmarks), BATCH, STEPS, STAGE1_BATCH, STAGE1_MODALITIES, *_TIMEOUT (seconds), COMPILE_TESTS=1.
 # Wheels in .whl/ (expecttest for opcheck, tabulate for the authors' code) go to /tmp/site first.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu_check_out}
@@ -99,6 +102,12 @@ if [ "$BUILD" = ok ]; then
         --json "$OUT/bench_train_b$B.json" 2>&1 | tee "$OUT/bench_train_b$B.log" | tail -8
       echo "bench_train -b $B exit ${PIPESTATUS[0]} at $(elapsed) s"
     done
+    # ---------------------------------------------------------- 8. stage-1 step benchmark, T V A
+    for M in ${STAGE1_MODALITIES:-T V A}; do
+      within ${STAGE1_TIMEOUT:-90} $PY $STEP --stage 1 --modality $M -b ${STAGE1_BATCH:-32} --variants ours $BASE \
+        --rounds 1 --json "$OUT/bench_stage1_$M.json" 2>&1 | tee "$OUT/bench_stage1_$M.log" | tail -8
+      echo "bench_train --stage 1 --modality $M exit ${PIPESTATUS[0]} at $(elapsed) s"
+    done
   fi
 fi
 
@@ -125,7 +134,8 @@ for name in ("pytest", "pytest_tc"):
         summary[name] = {**counts, "failed": failed[:40]}
     except ET.ParseError as e:
         summary[name] = {"error": f"unreadable junit xml: {e}"}
-for name in ("bench_kernels", "bench_train", "bench_train_b16", "bench_train_b64", "op_accuracy"):
+STEP_BENCHES = ("bench_train", "bench_train_b16", "bench_train_b64", "bench_stage1_T", "bench_stage1_V", "bench_stage1_A")
+for name in ("bench_kernels", *STEP_BENCHES, "op_accuracy"):
     f = out / f"{name}.json"
     try:
         summary[name] = json.loads(f.read_text()) if f.exists() else None
@@ -133,7 +143,7 @@ for name in ("bench_kernels", "bench_train", "bench_train_b16", "bench_train_b64
         summary[name] = {"error": str(e)}
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 short = {k: summary[k] for k in ("build", "build_s", "total_s", "pytest", "pytest_tc")}
-for name in ("bench_train", "bench_train_b16", "bench_train_b64"):
+for name in STEP_BENCHES:
     rows = (summary.get(name) or {}).get("rows") or []
     short[name] = [{k: (round(r[k], 4) if isinstance(r.get(k), float) else r.get(k))
                     for k in ("variant", "step_s", "peak_gpu_gib", "peak_gpu_reserved_gib", "eval_samples_per_s",
@@ -152,7 +162,7 @@ print(json.dumps(short, indent=None, default=str)[:9000])
 EOF
 
 # ==================================================================================================
-# DDP section (issue 12: data-parallel training under torchrun). Separate from the checks above and
+# 9. DDP section (issue 12: data-parallel training under torchrun). Separate from the checks above and
 # run after them; DDP=0 skips it. On one GPU the processes share it (gloo: NCCL needs one GPU per
 # process); with two or more GPUs they use NCCL, one GPU each.
 #   a. scaling: KuDA training steps (paper-sized fusion, vision/audio at CH-SIMS v2 lengths, the

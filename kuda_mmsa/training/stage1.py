@@ -154,6 +154,40 @@ def _evaluate(branch: nn.Module, loader, modality: str, device, masked: bool) ->
     return total / max(count, 1)
 
 
+def step_inputs(batch: Mapping[str, Any], modality: str) -> dict:
+    """An MMSA batch as the stage-1 step's inputs (host tensors; the step moves them)."""
+    x = dict(zip(("features", "lengths"), branch_inputs(batch, modality, None)))
+    return {**{k: v for k, v in x.items() if v is not None}, "y": unimodal_target(batch, modality, None)}
+
+
+def branch_training(config: KuDAConfig, modality: str, pretrain: Mapping[str, Any], device, cuda_graphs: str = "auto",
+                    masked: bool = True) -> tuple:
+    """(branch, optimizer, step) of one modality's stage-1 training: the branch on ``device``,
+    make_adamw with the pretrain section's rate and decay, and the TrainStep over MSE against
+    the unimodal target; ``step(step_inputs(batch, modality))`` -> {"loss"}. One function, so
+    that tools/bench_train.py --stage 1 times exactly what train_branch runs."""
+    device = torch.device(device)
+    branch = build_branch(config, modality).to(device)
+    graphs, _ = graphs_wanted(cuda_graphs, device)
+    params = list(branch.parameters())
+    opt = make_adamw(params, lr=float(pretrain["learning_rate"]), weight_decay=float(pretrain["weight_decay"]),
+                     capturable=graphs)
+    mse = nn.MSELoss()
+
+    def forward_loss(x):
+        args = (x["features"],) if modality == "T" else (x["features"], x.get("lengths"))
+        _, score, _ = branch(*args, masked=masked)
+        loss = mse(score, x["y"])
+        return loss, {"loss": loss.detach()}
+
+    blockers = [f"gradient_checkpointing: {config.gradient_checkpointing} restores the random state on the host"] \
+        if config.gradient_checkpointing in ("sequences", "all") else []
+    check = (lambda features, **_: branch.check_text(features)) if modality == "T" else None
+    step = TrainStep(forward_loss, params, opt, 0.0, device, graphs=graphs, blockers=blockers, check=check,
+                     what=f"The stage-1 {MODALITY_NAMES[modality]} step")
+    return branch, opt, step
+
+
 def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> Path:
     out_path = job.paths[modality]
     name = MODALITY_NAMES[modality]
@@ -168,11 +202,7 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
     _seed_all(job.seed + MODALITY_STREAM[modality])
     loaders = make_loaders(datasets, int(job.pretrain["batch_size"]), job.seed, job.num_workers,
                            stream=MODALITY_STREAM[modality] + 1, pin_memory=torch.device(job.device).type == "cuda")
-    branch = build_branch(job.model, modality).to(device)
-    graphs, _ = graphs_wanted(job.cuda_graphs, device)
-    params = list(branch.parameters())
-    opt = make_adamw(params, lr=float(job.pretrain["learning_rate"]),
-                     weight_decay=float(job.pretrain["weight_decay"]), capturable=graphs)
+    branch, opt, train_step = branch_training(job.model, modality, job.pretrain, device, job.cuda_graphs, job.masked)
     early_stop = int(setting({"pretrain": job.pretrain}, "pretrain.early_stop"))
     start, best, best_epoch, best_state = 0, float("inf"), 0, None
     if state is not None:
@@ -184,23 +214,6 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
         loaders["train"].generator.set_state(state["shuffle_rng"])
         logger.info(f"Stage 1 [{name}]: resuming after epoch {start} from {partial}")
 
-    mse = nn.MSELoss()
-
-    def step_inputs(batch) -> dict:
-        x = dict(zip(("features", "lengths"), branch_inputs(batch, modality, None)))
-        return {**{k: v for k, v in x.items() if v is not None}, "y": unimodal_target(batch, modality, None)}
-
-    def forward_loss(x):
-        args = (x["features"],) if modality == "T" else (x["features"], x.get("lengths"))
-        _, score, _ = branch(*args, masked=job.masked)
-        loss = mse(score, x["y"])
-        return loss, {"loss": loss.detach()}
-
-    blockers = [f"gradient_checkpointing: {job.model.gradient_checkpointing} restores the random state on the host"] \
-        if job.model.gradient_checkpointing in ("sequences", "all") else []
-    check = (lambda features, **_: branch.check_text(features)) if modality == "T" else None
-    train_step = TrainStep(forward_loss, params, opt, 0.0, device, graphs=graphs, blockers=blockers,
-                           check=check, what=f"The stage-1 {name} step")
     stopped = start > 0 and start - best_epoch >= early_stop
     for epoch in range(start + 1, epochs + 1):
         if stopped:
@@ -209,7 +222,7 @@ def train_branch(job: Stage1Job, modality: str, datasets: Mapping[str, Any]) -> 
         running, seen = torch.zeros((), device=device), 0
         bar = tqdm(loaders["train"], desc=f"stage 1 {name} {epoch}/{epochs}", disable=not job.progress, leave=False)
         for i, batch in enumerate(bar):
-            x = step_inputs(batch)
+            x = step_inputs(batch, modality)
             running += train_step(x)["loss"] * x["y"].shape[0]       # on the device: no sync per step
             seen += x["y"].shape[0]
             if job.progress and i % 10 == 0:
@@ -376,4 +389,5 @@ def ensure_knowledge(job: Stage1Job, datasets: Optional[Mapping[str, Any]], auto
 
 
 __all__ = ["Stage1Job", "job_from_args", "pretrain_command", "pretrain_unimodal", "ensure_knowledge",
-           "branch_inputs", "unimodal_target", "preserved_rng", "read_checkpoint", "check_text_data", "data_label"]
+           "branch_inputs", "unimodal_target", "step_inputs", "branch_training", "preserved_rng", "read_checkpoint",
+           "check_text_data", "data_label"]
