@@ -131,9 +131,7 @@ class RandomMissingDataset(Dataset):
 
     def _text(self, x: torch.Tensor, u: np.ndarray, rate: float) -> torch.Tensor:
         valid = x[1] > 0                                  # attention mask: the true tokens
-        n_tokens = int(valid.sum())
-        if n_tokens == 0:
-            return x
+        n_tokens = int(valid.sum())                       # 0 (no text): nothing is valid, nothing changes
         missing = torch.from_numpy(u <= rate) & valid
         missing[0] = False                                # [CLS]
         missing[n_tokens - 1] = False                     # [SEP]

@@ -5,7 +5,7 @@
 - ``tfrnet``: MMSA's TFR-Net missing option (kuda_mmsa.data.protocols): each *token or frame*
   of a modality is missing with probability ``rate``. Evaluated for each modality of
   --modality alone and, when there are several, for all of them at once (MMSA's config takes
-  one rate per modality; TFR-Net's paper makes all three missing together), at each rate;
+  one rate per modality, so both are settings of it), at each rate;
 - ``lnln``: LNLN's evaluation (Zhang et al., "Towards Robust Multimodal Sentiment Analysis with
   Incomplete Data", NeurIPS 2024; github.com/Haoyu-ha/LNLN, ``robust_evaluation.py`` and
   ``core/dataset.py``): the same token/frame-level missing on all three modalities at once,
