@@ -186,9 +186,11 @@ def sample_panels(rows: List[Dict], path) -> Optional[Path]:
 
 
 def robustness_curves(rows: List[Dict], path, corruption: str, group: str = "model",
-                      metrics: Sequence[str] = ("MAE", "Corr"), title: Optional[str] = None) -> Optional[Path]:
+                      metrics: Sequence[str] = ("MAE", "Corr"), title: Optional[str] = None,
+                      xlabel: str = "share of test samples corrupted") -> Optional[Path]:
     """Metric against corruption rate for one corruption kind: one panel per (metric,
-    modality), one line per ``group`` value (mean over seeds) with a band (min..max over seeds)."""
+    modality), one line per ``group`` value (mean over seeds) with a band (min..max over seeds).
+    A modality such as ``TVA`` (several corrupted together) gets its own panel after T, V, A."""
     plt = _pyplot()
     if plt is None:
         return None
@@ -196,6 +198,7 @@ def robustness_curves(rows: List[Dict], path, corruption: str, group: str = "mod
 
     rows = [r for r in rows if r["corruption"] == corruption]
     modalities = [m for m in "TVA" if any(r["modality"] == m for r in rows)]
+    modalities += [m for m in dict.fromkeys(r["modality"] for r in rows) if m not in ("T", "V", "A")]
     names = list(dict.fromkeys(str(r[group]) for r in rows))
     if not rows or not modalities:
         return None
@@ -215,12 +218,12 @@ def robustness_curves(rows: List[Dict], path, corruption: str, group: str = "mod
                 color = colors[k % len(colors)]
                 ax.plot(rates, mean, "o-", color=color, label=name, linewidth=1.6, markersize=4)
                 ax.fill_between(rates, lo, hi, color=color, alpha=0.15, linewidth=0)
-            ax.set_title(f"{full[m]} {corruption}", fontsize=10)
+            ax.set_title(f"{full.get(m) or ' + '.join(full[c] for c in m)} {corruption}", fontsize=10)
             ax.set_ylabel(metric + (" (lower is better)" if metric in ("MAE", "Loss") else " (higher is better)"),
                           fontsize=9)
             ax.grid(alpha=0.3)
             if i == len(metrics) - 1:
-                ax.set_xlabel("share of test samples corrupted")
+                ax.set_xlabel(xlabel)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(names), 6), fontsize=9, frameon=False)
     fig.suptitle(title or f"Test-time corruption: {corruption} (mean over seeds, band = min..max)", fontsize=11)

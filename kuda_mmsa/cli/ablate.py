@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, List, Optional
 
 from .. import __version__
-from ..data.kinds import KINDS
+from ..data.kinds import KINDS, PROTOCOLS
 from ..errors import KudaInputError
 from ..files import atomic_write_text, check_csv_target, update_csv
 from ..mmsa.datasets import canonical_name
@@ -46,7 +46,7 @@ from ..sweeps.cells import Cell, CellResult
 from ..sweeps.executors import describe_result, make_executor, run_cells
 from .common import add_flags, add_output_flags, command_parser, output_folder, overrides, run_command
 from .explain import collect
-from .robustness import ablation_robustness, add_grid_flags
+from .robustness import ablation_robustness, add_grid_flags, resolve_grid
 from .variants import DEFAULT_VARIANTS, VARIANTS, Variant
 
 if TYPE_CHECKING:
@@ -312,13 +312,17 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
                  executor: Optional[Executor] = None) -> dict:
     """Runs the missing (variant, seed) pairs, in this process or as cells on ``executor``
     (kuda_mmsa.sweeps); returns {'csv', 'markdown', 'table', 'ran', 'failed'}.
-    With ``robustness`` (a corruption grid: kinds, modalities, rates, snr_db) every cell is
-    then evaluated under test-time corruption (kuda_mmsa.cli.robustness)."""
+    With ``robustness`` (a corruption grid: kinds, modalities, rates, snr_db and protocol,
+    default ours) every cell is then evaluated under test-time corruption
+    (kuda_mmsa.cli.robustness)."""
     from ..training.distributed import env_context
+    from ..training.protocols import check_protocol, output_stem
 
     if env_context().distributed:
         raise KudaInputError("ablate runs many runs: start it without torchrun and spread its cells with "
                              "--devices 0,1,... or --executor ray.")
+    if robustness:       # a bad protocol is refused before any cell trains
+        check_protocol(robustness.get("protocol", "ours"))
     variants = list(variants)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
@@ -334,10 +338,12 @@ def run_ablation(dataset: str, seeds: Iterable[int] = DEFAULT_SEEDS, variants: I
     todo = [c for c in wanted if c not in done]
     for (name, seed), why in rerun.items():
         echo(f"[ablate] {name} seed {seed}: runs again: {why}")
-    if rerun and (out / "robustness.csv").is_file():       # their corruption rows are stale too
-        stale = {(n, str(s)) for n, s in rerun}
-        update_csv(out / "robustness.csv", lambda h, rs: (h, [r for r in rs if h is None or
-                                                             (r[h.index("variant")], r[h.index("seed")]) not in stale]))
+    stale = {(n, str(s)) for n, s in rerun}
+    for protocol in PROTOCOLS:                               # their corruption rows are stale too
+        rob_csv = out / f"{output_stem(protocol)}.csv"
+        if stale and rob_csv.is_file():
+            update_csv(rob_csv, lambda h, rs: (h, [r for r in rs if h is None or
+                                                   (r[h.index("variant")], r[h.index("seed")]) not in stale]))
     prints = {name: cell_fingerprint(VARIANTS[name], dataset, feature_file, config_file, config)
               for name in dict.fromkeys(n for n, _ in todo)}
 
@@ -403,7 +409,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                    metavar="VARIANT", help="Default: " + ", ".join(DEFAULT_VARIANTS))
     g = p.add_argument_group("robustness (test-time corruption of every cell)")
     g.add_argument("--robustness", nargs="*", default=None, choices=KINDS, metavar="KIND",
-                   help=f"Evaluate every cell under corruption: any of {', '.join(KINDS)} (none given: all)")
+                   help=f"Evaluate every cell under corruption: any of {', '.join(KINDS)} (none given: all; "
+                        f"with --protocol tfrnet or lnln give none)")
     add_grid_flags(g, prefix="ablate")
     g.add_argument("--reference", default=None, choices=list(VARIANTS), metavar="VARIANT",
                    help="Variant the effective robustness is measured against. Default: lf_dnn if run, else the first")
@@ -413,8 +420,11 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
 def run(a) -> int:
     grid = None
     if a.robustness is not None:
-        grid = {"kinds": a.robustness or list(KINDS), "modalities": a.modality, "rates": a.rate,
+        grid = {**resolve_grid(a.protocol, a.robustness, a.modality, a.rate, kinds_flag="--robustness"),
                 "snr_db": a.snr_db}
+    elif a.protocol != "ours":
+        raise KudaInputError(f"--protocol {a.protocol} chooses how --robustness corrupts the test data; found it "
+                             f"without --robustness, so nothing would use it. Add --robustness.")
     executor = make_executor(a.devices, a.executor, a.address)
     try:
         out = a.out or default_out(canonical_name(a.dataset), a.feature_file, a.res_save_dir or None)

@@ -1,7 +1,8 @@
 """``robustness``: trained KuDA models under test-time corruption of one modality at a time.
 
-    kuda-mmsa robustness --weights W [W ...] [-d DATASET | --feature-file F] [--corrupt missing noise swap]
-                         [--modality T V A] [--rate 0 0.25 0.5 0.75 1] [-s SEED ...] [--out DIR]
+    kuda-mmsa robustness --weights W [W ...] [-d DATASET | --feature-file F] [--protocol ours|tfrnet|lnln]
+                         [--corrupt missing noise swap] [--modality T V A] [--rate 0 0.25 0.5 0.75 1]
+                         [-s SEED ...] [--out DIR]
 
 Each model is rebuilt from the config saved next to its weights and evaluated on the test
 split (on the device and in the precision training uses) with a share ``rate`` of the samples corrupted in one modality (kuda_mmsa.data.corruption:
@@ -17,6 +18,14 @@ into --out (default: ``~/MMSA/results/robustness/<labels joined by +>/``, under
   summary figures (kuda_mmsa.training.robustness), mean ± std over seeds;
 - ``robustness-<corruption>.png``: MAE and Corr against rate, one line per model, seed bands.
 
+``--protocol`` (kuda_mmsa.training.protocols) chooses the corruption: ``ours`` (default, the
+above); ``tfrnet``, MMSA's TFR-Net missing option (each token / frame of a modality missing with
+probability ``rate``: text tokens become [UNK], [CLS]/[SEP] kept; audio / vision frames zeroed),
+for each --modality alone and all of them together; ``lnln``, LNLN's evaluation (the same on all
+three modalities at once, rates 0, 0.1, ..., 0.9 and seeds 1111-1113 by default, plus the mean
+over the rates). Their files are ``robustness-<protocol>.csv``, ``robustness-<protocol>_summary.csv``,
+``robustness-<protocol>.md`` and ``robustness-<protocol>.png``.
+
 ``kuda-mmsa ablate --robustness ...`` does the same for KuDA variants and MMSA peers.
 """
 from __future__ import annotations
@@ -27,7 +36,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from .. import plots
-from ..data.kinds import KINDS
+from ..data.kinds import KINDS, PROTOCOLS
 from ..errors import KudaInputError
 from ..files import atomic_path
 from .common import (add_flags, add_output_flags, command_parser, console_logging, finite_float, output_folder,
@@ -37,20 +46,44 @@ from .common import (add_flags, add_output_flags, command_parser, console_loggin
 # argument errors answer without loading them.
 
 DEFAULT_RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
+LNLN_RATES_HELP = "0 0.1 ... 0.9"
+PROTOCOL_HELP = {
+    "ours": "a share `rate` of the test samples has one modality corrupted by each kind",
+    "tfrnet": "MMSA's TFR-Net missing option: each token / frame of a modality is missing with probability `rate` "
+              "(text: [UNK], [CLS]/[SEP] kept; audio / vision: frame zeroed); each modality alone, then all together",
+    "lnln": "LNLN's evaluation (NeurIPS 2024): tokens / frames of all three modalities missing with probability "
+            "`rate`; 'mean over rates' is LNLN's reported figure",
+}
 ID_COLUMNS = ["model", "corruption", "modality", "rate", "seed"]
 
 
 def add_grid_flags(p, prefix: str = "") -> None:
-    """The corruption grid's flags (also used by `ablate --robustness`)."""
+    """The corruption grid's flags (also used by `ablate --robustness`). --corrupt, --modality
+    and --rate default to None so that a protocol can tell a given option from its default
+    (resolve_grid)."""
+    p.add_argument("--protocol", default="ours", choices=PROTOCOLS,
+                   help="; ".join(f"{k}: {v}" for k, v in PROTOCOL_HELP.items()) + ". Default: ours")
     if not prefix:
-        p.add_argument("--corrupt", nargs="+", default=list(KINDS), choices=KINDS, metavar="KIND",
-                       help=f"Corruptions: {', '.join(KINDS)}. Default: all")
-    p.add_argument("--modality", nargs="+", default=["T", "V", "A"], type=str.upper, choices=["T", "V", "A"],
-                   help="Modalities corrupted (one at a time). Default: T V A")
-    p.add_argument("--rate", nargs="+", type=finite_float, default=list(DEFAULT_RATES),
-                   help="Shares of test samples corrupted. Default: 0 0.25 0.5 0.75 1")
+        p.add_argument("--corrupt", nargs="+", default=None, choices=KINDS, metavar="KIND",
+                       help=f"Corruptions of --protocol ours: {', '.join(KINDS)}. Default: all")
+    p.add_argument("--modality", nargs="+", default=None, type=str.upper, choices=["T", "V", "A"],
+                   help="Modalities corrupted (one at a time; tfrnet: also all together; not with lnln). "
+                        "Default: T V A")
+    p.add_argument("--rate", nargs="+", type=finite_float, default=None,
+                   help=f"Shares of test samples corrupted (tfrnet, lnln: of tokens / frames missing). Default: "
+                        f"0 0.25 0.5 0.75 1 (lnln: {LNLN_RATES_HELP})")
     p.add_argument("--snr-db", type=finite_float, default=0.0,
                    help="Signal-to-noise ratio of 'noise', in dB. Default: 0")
+
+
+def resolve_grid(protocol: str, kinds, modalities, rates, kinds_flag: str = "--corrupt") -> dict:
+    """The grid a protocol evaluates: its defaults for what was not given; options that mean
+    nothing under it refused (kuda_mmsa.training.protocols)."""
+    from ..training.protocols import check_protocol_options, default_rates
+
+    check_protocol_options(protocol, kinds, modalities, kinds_flag)
+    return {"protocol": protocol, "kinds": list(kinds or KINDS), "modalities": list(modalities or ["T", "V", "A"]),
+            "rates": check_rates(default_rates(protocol) if rates is None else rates)}
 
 
 def check_rates(rates) -> List[float]:
@@ -105,7 +138,9 @@ def markdown(rows: List[dict], summary: List[dict], group: str, reference: str) 
         for modality in dict.fromkeys(r["modality"] for r in rows if r["corruption"] == kind):
             rates = sorted({float(r["rate"]) for r in rows if r["corruption"] == kind})
             out.append(f"#### {kind}, modality {modality}\n")
+            means = [m for m in SUMMARY_METRICS if any(f"Mean_{m}" in s for s in summary)]
             head = [group] + [f"{m} @ {x:g}" for m in SUMMARY_METRICS for x in rates] + \
+                   [f"{m} mean over rates" for m in means] + \
                    [f"RR {m}" for m in SUMMARY_METRICS] + [f"ER {m} vs {reference}" for m in SUMMARY_METRICS]
             out.append("| " + " | ".join(head) + " |")
             out.append("|" + "---|" * len(head))
@@ -116,6 +151,7 @@ def markdown(rows: List[dict], summary: List[dict], group: str, reference: str) 
                 if not mine:
                     continue
                 cells = [_mean_std([r[m] for r in mine if float(r["rate"]) == x]) for m in SUMMARY_METRICS for x in rates]
+                cells += [_mean_std([s.get(f"Mean_{m}") for s in summ]) for m in means]
                 cells += [_mean_std([s.get(f"RR_{m}") for s in summ]) for m in SUMMARY_METRICS]
                 cells += [_mean_std([s.get(f"ER_{m}") for s in summ if f"ER_{m}" in s]) for m in SUMMARY_METRICS]
                 out.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -123,22 +159,26 @@ def markdown(rows: List[dict], summary: List[dict], group: str, reference: str) 
     return "\n".join(out)
 
 
-def write_outputs(rows: List[dict], out: Path, group: str, reference: str) -> Dict[str, Path]:
-    """CSV, summary CSV, Markdown and one PNG per corruption kind."""
+def write_outputs(rows: List[dict], out: Path, group: str, reference: str, protocol: str = "ours") -> Dict[str, Path]:
+    """CSV, summary CSV, Markdown and one PNG per corruption kind (named by output_stem)."""
+    from ..training.protocols import output_stem
     from ..training.robustness import summaries
 
     out.mkdir(parents=True, exist_ok=True)
-    summary = summaries(rows, reference, group)
+    stem = output_stem(protocol)
+    summary = summaries(rows, reference, group, mean_over_rates=protocol == "lnln")
     first = [group] + (["model"] if group != "model" else []) + ID_COLUMNS[1:]
-    paths = {"csv": write_csv(rows, out / "robustness.csv", first),
-             "summary": write_csv(summary, out / "robustness_summary.csv", [group, "corruption", "modality", "seed"])}
-    md = out / "robustness.md"
-    md.write_text(f"Test split, MMSA's metrics, mean ± std over seeds. RR: mean of the metric along the rate "
+    paths = {"csv": write_csv(rows, out / f"{stem}.csv", first),
+             "summary": write_csv(summary, out / f"{stem}_summary.csv", [group, "corruption", "modality", "seed"])}
+    md = out / f"{stem}.md"
+    intro = "" if protocol == "ours" else f"Protocol {protocol}: {PROTOCOL_HELP[protocol]}. "
+    md.write_text(f"{intro}Test split, MMSA's metrics, mean ± std over seeds. RR: mean of the metric along the rate "
                   f"curve; ER: how much less the metric degrades than {reference} (positive = more robust).\n\n"
                   + markdown(rows, summary, group, reference))
     paths["markdown"] = md
+    xlabel = "share of test samples corrupted" if protocol == "ours" else "share of tokens / frames missing"
     for kind in dict.fromkeys(r["corruption"] for r in rows):
-        png = plots.robustness_curves(rows, out / f"robustness-{kind}.png", kind, group=group)
+        png = plots.robustness_curves(rows, out / f"robustness-{kind}.png", kind, group=group, xlabel=xlabel)
         if png is not None:
             paths[f"png_{kind}"] = png
     return paths
@@ -159,7 +199,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
 
 def run(a) -> int:
     from ..mmsa.trained import load_trained, tester_for
-    from ..training.robustness import evaluate_grid
+    from ..training.protocols import default_seeds, evaluate_protocol, output_stem
 
     console_logging(2 if a.verbose == 2 else 0)      # one test log line per evaluation is too many
     labels = a.labels or [Path(w).stem for w in a.weights]
@@ -169,24 +209,34 @@ def run(a) -> int:
     reference = a.reference or labels[0]
     if reference not in labels:
         raise KudaInputError(f"--reference '{reference}' is not one of the models: {labels}.")
-    rates = check_rates(a.rate)
+    grid = resolve_grid(a.protocol, a.corrupt, a.modality, a.rate)
+    seeds = a.seeds or default_seeds(a.protocol, [1111])
     rows = []
     for name, weights in zip(labels, a.weights):
         args, features, model = load_trained(weights, a.dataset, a.config or None, a.feature_file,
                                              overrides(a) or None, gpu_ids=a.gpu_ids)
         args.model_save_path = str(weights)
         split, test_fn, options = tester_for(args, features, model)
-        for r in evaluate_grid(split, test_fn, a.corrupt, a.modality, rates, a.seeds or [1111],
-                               int(args.batch_size), a.snr_db, **options):
-            rows.append({"model": name, **r})
-        print(f"[robustness] {name}: {len(a.corrupt) * len(a.modality) * len(rates) * len(a.seeds or [1])} "
-              f"evaluations")
+        mine = evaluate_protocol(a.protocol, split, test_fn, grid["kinds"], grid["modalities"], grid["rates"], seeds,
+                                 int(args.batch_size), a.snr_db, **protocol_options(a.protocol, args, options))
+        rows += [{"model": name, **r} for r in mine]
+        print(f"[robustness] {name}: {len(mine)} evaluations")
     out = output_folder(a.out, "robustness", "+".join(labels), a.res_save_dir or None)
-    paths = write_outputs(rows, out, "model", reference)
-    print((out / "robustness.md").read_text())
+    paths = write_outputs(rows, out, "model", reference, a.protocol)
+    print((out / f"{output_stem(a.protocol)}.md").read_text())
     for k, v in paths.items():
         print(f"wrote {v}")
     return 0
+
+
+def protocol_options(protocol: str, args, options: dict) -> dict:
+    """tester_for's corruption options, plus the text encoder's [UNK] id where a protocol
+    writes it (read only then: ours never needs the tokenizer)."""
+    from ..data.protocols import text_encoder_unk_id
+
+    if protocol == "ours" or not options.get("bert_text"):
+        return dict(options)
+    return {**options, "unk_id": text_encoder_unk_id(args.get("pretrained"))}
 
 
 def main(argv=None, prog=None) -> int:
@@ -216,11 +266,13 @@ def ablation_robustness(out: Path, dataset: str, cells, grid: dict, feature_file
                         config=None, reference=None, echo=print) -> Dict[str, Path]:
     """Robustness of every finished (variant, seed) cell of an ablation, from its saved
     weights, with corruption seed = the cell's seed (every variant sees the same corruption).
-    Rows already in <out>/robustness.csv are kept (resumable)."""
+    ``grid``: kinds, modalities, rates, snr_db and protocol (absent: ours). Rows already in
+    <out>/robustness.csv (robustness-<protocol>.csv) are kept (resumable)."""
     from ..mmsa.trained import tester_for
-    from ..training.robustness import evaluate_grid
+    from ..training.protocols import check_protocol, evaluate_protocol, output_stem
 
-    path = out / "robustness.csv"
+    protocol = check_protocol(grid.get("protocol", "ours"))
+    path = out / f"{output_stem(protocol)}.csv"
     rows = read_csv(path)
     done = {(r["variant"], int(r["seed"])) for r in rows}
     rates = check_rates(grid["rates"])
@@ -231,12 +283,12 @@ def ablation_robustness(out: Path, dataset: str, cells, grid: dict, feature_file
         args = cell_args(variant, dataset, run_dir, feature_file, config_file, config)
         split, test_fn, options = tester_for(args)
         echo(f"[ablate] robustness of {variant.name} seed {seed}")
-        for r in evaluate_grid(split, test_fn, grid["kinds"], grid["modalities"], rates, [seed],
-                               int(args.batch_size), grid["snr_db"], **options):
+        for r in evaluate_protocol(protocol, split, test_fn, grid["kinds"], grid["modalities"], rates, [seed],
+                                   int(args.batch_size), grid["snr_db"], **protocol_options(protocol, args, options)):
             rows.append({"variant": variant.name, "model": variant.model, **r})
         write_csv(rows, path, ["variant", "model"] + ID_COLUMNS[1:])      # after every cell
     names = list(dict.fromkeys(v.name for v, _ in cells))
     selected = [r for r in rows if r["variant"] in names and (r["variant"], int(r["seed"])) in
                 {(v.name, int(s)) for v, s in cells}]
     reference = reference or ("lf_dnn" if "lf_dnn" in names else names[0])
-    return write_outputs(selected, out, "variant", reference)
+    return write_outputs(selected, out, "variant", reference, protocol)

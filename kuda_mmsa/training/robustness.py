@@ -76,9 +76,11 @@ def effective_robustness(rates: Sequence[float], values: Sequence[float], ref_va
     return float(np.mean((g[1:] - g[0]) - (r[1:] - r[0])))
 
 
-def summaries(rows: List[dict], reference: str, group: str = "model") -> List[dict]:
+def summaries(rows: List[dict], reference: str, group: str = "model", mean_over_rates: bool = False) -> List[dict]:
     """Per (group, kind, modality, seed): RR and ER of each summary metric; ER against the
-    ``reference`` group's curve for the same kind, modality and seed (absent: no ER)."""
+    ``reference`` group's curve for the same kind, modality and seed (absent: no ER). With
+    ``mean_over_rates`` also ``Mean_<metric>``: the plain mean over the rates, 0 included
+    (LNLN's reported figure; RR weighs the two end rates by half)."""
     out = []
     keys = sorted({(r[group], r["corruption"], r["modality"], int(r["seed"])) for r in rows},
                   key=lambda k: (str(k[0]), k[1], k[2], k[3]))
@@ -92,6 +94,8 @@ def summaries(rows: List[dict], reference: str, group: str = "model") -> List[di
         for metric in SUMMARY_METRICS:
             vals = [float(r[metric]) for r in mine]
             entry[f"RR_{metric}"] = relative_robustness(rates, vals, metric)
+            if mean_over_rates:
+                entry[f"Mean_{metric}"] = float(np.mean(vals))
             if ref and [float(r["rate"]) for r in ref] == rates:
                 entry[f"ER_{metric}"] = effective_robustness(rates, vals, [float(r[metric]) for r in ref], metric)
         out.append(entry)
