@@ -1,0 +1,122 @@
+"""The stage-2 trainer's bookkeeping that users read: the epoch's training loss (MMSA's
+epoch results, the history behind the training curves, the TRAIN log line), early stopping at
+exactly `early_stop` epochs without improvement (also when a run resumes), and what a resumed
+run keeps. Each test computes its reference from what the probe network saw, never from the
+trainer's own numbers.
+
+The trainer runs tests/test_recipe.py's Probe (M = <x, w> + b, ce = mean(<x, c>²)): its loss
+per batch is computable here from the inputs and parameters it recorded.
+"""
+import logging
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from test_recipe import Probe
+from tiny_kuda import write_tiny_config
+
+from kuda_mmsa.training.trainer import KuDATrainer
+
+
+def _make(tiny_demo_pickle, tmp_path, **config):
+    from test_training import make_kuda_args
+
+    config = {"use_knowledge": False, "precision": "fp32", "plots": False, "progress": False, **config}
+    cfg = write_tiny_config(tmp_path / "c.yaml", **config)
+    return make_kuda_args(tiny_demo_pickle, cfg, tmp_path)
+
+
+def _batch_losses(probe, ce_weight):
+    """(loss, ce, batch size) of every training forward, from the probe's recorded inputs and
+    parameters: MSE(M, y) + ce_weight * ce, the README's stage-2 loss."""
+    out = []
+    for x, y, p in probe.calls:
+        m = (x @ p["w"] + p["b"])[:, None]
+        ce = ((x @ p["c"]) ** 2).mean()
+        out.append((float(((m - y) ** 2).mean() + ce_weight * ce), float(ce), x.shape[0]))
+    return out
+
+
+def test_the_epochs_training_loss_is_the_sample_weighted_mean_of_its_batch_losses(tiny_demo_pickle, tmp_path,
+                                                                                   caplog):
+    """MMSA's epoch results and the TRAIN log line give the epoch's mean loss over samples: each
+    batch's loss weighted by its size (the last batch of the 30 training samples holds 6)."""
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=2, early_stop=10, ce_weight=0.25)
+    probe = Probe(args["feature_dims"][1])
+    with caplog.at_level(logging.INFO, logger="MMSA"):
+        results = KuDATrainer(args).do_train(probe, loaders(), return_epoch_results=True)
+    batches = _batch_losses(probe, 0.25)
+    assert [b for _, _, b in batches] == [8, 8, 8, 6] * 2
+    logged = [line for line in caplog.messages if line.startswith("TRAIN-(kuda)")]
+    assert len(logged) == 2
+    for epoch in range(2):
+        mine = batches[4 * epoch: 4 * epoch + 4]
+        n = sum(b for _, _, b in mine)
+        want = sum(loss * b for loss, _, b in mine) / n
+        want_ce = sum(ce * b for _, ce, b in mine) / n
+        unweighted = sum(loss for loss, _, _ in mine) / len(mine)
+        assert abs(want - unweighted) > 1e-3, "the batches' losses should differ enough to tell the weighting"
+        assert results["train"][epoch]["Loss"] == pytest.approx(want, abs=6e-5)   # rounded to 4 places
+        loss_text, ce_text = re.search(r"loss: (\S+) ce: (\S+)", logged[epoch]).groups()
+        assert float(loss_text) == pytest.approx(want, abs=6e-5)
+        assert float(ce_text) == pytest.approx(want_ce, abs=6e-5)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _scripted_validation(monkeypatch, script, seen):
+    """Validation KeyEval (Loss, lower is better) per epoch as `script` says."""
+    def scripted(self, model, dataloader, mode="VAL", return_sample_results=False):
+        if mode != "VAL":
+            return {"Loss": 0.0}
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"Loss": script[len(seen) - 1], "Corr": 0.0}
+
+    monkeypatch.setattr(KuDATrainer, "do_test", scripted)
+
+
+def _interrupted_after(tiny_demo_pickle, tmp_path, monkeypatch, script, stop_at, early_stop):
+    """A run interrupted right after epoch `stop_at` (its state saved), then resumed: returns
+    (validations of the first run, validations of the resumed run, training forwards of the
+    resumed run, args)."""
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=10, early_stop=early_stop)
+    first = []
+    _scripted_validation(monkeypatch, script, first)
+    trainer = KuDATrainer(args)
+
+    def interrupt(epoch, results):
+        if epoch == stop_at:
+            raise _Stop
+
+    trainer.epoch_callbacks.append(interrupt)
+    with pytest.raises(_Stop):
+        trainer.do_train(Probe(args["feature_dims"][1]), loaders())
+    assert Path(str(args["model_save_path"]) + ".resume").is_file()
+    second = []
+    _scripted_validation(monkeypatch, script[stop_at:], second)
+    probe = Probe(args["feature_dims"][1])
+    KuDATrainer(args).do_train(probe, loaders())
+    return first, second, len(probe.calls), args
+
+
+def test_a_run_resumed_after_its_early_stop_epoch_trains_no_further(tiny_demo_pickle, tmp_path, monkeypatch):
+    """Best at epoch 1, early_stop 2: epoch 3 is the last (3 - 1 = 2 epochs without
+    improvement). Interrupted right after it, the resumed run must not train epoch 4: it only
+    finishes (the best weights stay those of epoch 1)."""
+    first, second, forwards, args = _interrupted_after(tiny_demo_pickle, tmp_path, monkeypatch,
+                                                       [0.5, 0.6, 0.7, 0.1, 0.1], stop_at=3, early_stop=2)
+    assert len(first) == 3 and second == [] and forwards == 0
+    saved = torch.load(args["model_save_path"], weights_only=True)
+    assert all(torch.equal(v, first[0][k]) for k, v in saved.items())
+    assert not Path(str(args["model_save_path"]) + ".resume").exists()
+
+
+def test_a_run_resumed_one_epoch_before_its_early_stop_trains_that_epoch(tiny_demo_pickle, tmp_path, monkeypatch):
+    """Best at epoch 1, early_stop 2, interrupted after epoch 2 (one epoch without
+    improvement): the resumed run trains epoch 3 (4 batches), then stops."""
+    first, second, forwards, args = _interrupted_after(tiny_demo_pickle, tmp_path, monkeypatch,
+                                                       [0.5, 0.6, 0.7, 0.1, 0.1], stop_at=2, early_stop=2)
+    assert len(first) == 2 and len(second) == 1 and forwards == 4
