@@ -120,3 +120,40 @@ def test_a_run_resumed_one_epoch_before_its_early_stop_trains_that_epoch(tiny_de
     first, second, forwards, args = _interrupted_after(tiny_demo_pickle, tmp_path, monkeypatch,
                                                        [0.5, 0.6, 0.7, 0.1, 0.1], stop_at=2, early_stop=2)
     assert len(first) == 2 and len(second) == 1 and forwards == 4
+
+
+def test_the_training_curves_go_to_the_log_folder_else_next_to_the_weights(tmp_path):
+    """One PNG per seed, named by model and dataset, in MMSA's log folder when there is one."""
+    from kuda_mmsa.training.trainer import curves_path
+
+    args = {"model_name": "kuda", "dataset_name": "mosi", "seed": 3, "model_save_path": tmp_path / "w" / "k.pth"}
+    assert curves_path(dict(args, log_dir=str(tmp_path / "logs"))) == tmp_path / "logs" / "kuda-mosi-seed3-curves.png"
+    assert curves_path(dict(args, log_dir=None)) == tmp_path / "w" / "kuda-mosi-seed3-curves.png"
+    assert curves_path(args) == tmp_path / "w" / "kuda-mosi-seed3-curves.png"
+
+
+def test_a_run_diverging_in_its_first_epoch_says_nothing_was_saved(tiny_demo_pickle, tmp_path):
+    """The error must not point at a checkpoint or state that does not exist."""
+    from kuda_mmsa.errors import KudaTrainingError
+
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=3, early_stop=5)
+    with pytest.raises(KudaTrainingError) as e:
+        KuDATrainer(args).do_train(Probe(args["feature_dims"][1], nan_from_call=2), loaders())
+    text = str(e.value)
+    assert "in epoch 1 of seed" in text and "no checkpoint was saved" in text and "best checkpoint" not in text
+    assert "diverged in its first epoch, so no training state was saved" in text
+    assert not Path(str(args["model_save_path"])).exists()
+
+
+def test_epochs_without_a_finite_validation_value_count_towards_early_stop(tiny_demo_pickle, tmp_path,
+                                                                           monkeypatch):
+    """No epoch improves on nothing: with early_stop 2 and a NaN validation key every epoch,
+    the run stops after epoch 2 (then says no weights were saved)."""
+    from kuda_mmsa.errors import KudaTrainingError
+
+    seen = []
+    _scripted_validation(monkeypatch, [float("nan")] * 10, seen)
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=10, early_stop=2)
+    with pytest.raises(KudaTrainingError, match="No epoch gave a finite validation Loss"):
+        KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
+    assert len(seen) == 2
