@@ -157,3 +157,17 @@ def test_epochs_without_a_finite_validation_value_count_towards_early_stop(tiny_
     with pytest.raises(KudaTrainingError, match="No epoch gave a finite validation Loss"):
         KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
     assert len(seen) == 2
+
+
+def test_a_fresh_run_removes_the_temp_files_a_killed_write_left(tiny_demo_pickle, tmp_path):
+    """A process killed mid-write leaves `.<name>.<random>.tmp` next to the weights and the
+    resume state (files.atomic_path); they are never valid and must not pile up run after run."""
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=1, early_stop=5)
+    save = Path(str(args["model_save_path"]))
+    left = [save.parent / f".{save.name}.k1ll3d.tmp", save.parent / f".{save.name}.resume.k1ll3d.tmp"]
+    for p in left:
+        p.write_bytes(b"half a checkpoint")
+    other = save.parent / ".someone-else.pth.x.tmp"     # not ours: kept
+    other.write_bytes(b"x")
+    KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
+    assert [p.exists() for p in left] == [False, False] and other.exists()
