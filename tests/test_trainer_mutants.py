@@ -171,3 +171,19 @@ def test_a_fresh_run_removes_the_temp_files_a_killed_write_left(tiny_demo_pickle
     other.write_bytes(b"x")
     KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
     assert [p.exists() for p in left] == [False, False] and other.exists()
+
+
+def test_a_fresh_run_removes_weights_an_earlier_run_left_at_its_save_path(tiny_demo_pickle, tmp_path, monkeypatch):
+    """Weights (and their sidecar) at the save path from an earlier run must never be taken
+    for this run's: even when no epoch of this run gives weights, they are gone."""
+    from kuda_mmsa.errors import KudaTrainingError
+
+    _scripted_validation(monkeypatch, [float("nan")] * 3, [])
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=1, early_stop=5)
+    save = Path(str(args["model_save_path"]))
+    torch.save({"w": torch.zeros(1)}, save)
+    sidecar = Path(str(save) + ".json")
+    sidecar.write_text("{}")
+    with pytest.raises(KudaTrainingError, match="no weights were saved"):
+        KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
+    assert not save.exists() and not sidecar.exists()
