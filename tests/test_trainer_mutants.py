@@ -19,12 +19,13 @@ from tiny_kuda import write_tiny_config
 from kuda_mmsa.training.trainer import KuDATrainer
 
 
-def _make(tiny_demo_pickle, tmp_path, **config):
+def _make(tiny_demo_pickle, tmp_path, overrides=None, **config):
     from test_training import make_kuda_args
 
     config = {"use_knowledge": False, "precision": "fp32", "plots": False, "progress": False, **config}
+    tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = write_tiny_config(tmp_path / "c.yaml", **config)
-    return make_kuda_args(tiny_demo_pickle, cfg, tmp_path)
+    return make_kuda_args(tiny_demo_pickle, cfg, tmp_path, **(overrides or {}))
 
 
 def _batch_losses(probe, ce_weight):
@@ -187,3 +188,136 @@ def test_a_fresh_run_removes_weights_an_earlier_run_left_at_its_save_path(tiny_d
     with pytest.raises(KudaTrainingError, match="no weights were saved"):
         KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
     assert not save.exists() and not sidecar.exists()
+
+
+def test_the_progress_bar_shows_the_running_mean_loss_every_ten_steps_and_only_when_asked(tiny_demo_pickle,
+                                                                                          tmp_path, capsys):
+    """With batches of 2 (15 steps an epoch) the bar's loss is the running mean after steps 0
+    and 10 of each epoch; progress off prints no bar."""
+    args, loaders = _make(tiny_demo_pickle, tmp_path, overrides={"progress": True}, epochs=1, early_stop=5,
+                          batch_size=2)
+    probe = Probe(args["feature_dims"][1])
+    capsys.readouterr()
+    KuDATrainer(args).do_train(probe, loaders())
+    err = capsys.readouterr().err
+    batches = _batch_losses(probe, float(args["ce_weight"]))
+    assert len(batches) == 15
+    running = lambda k: sum(l * b for l, _, b in batches[:k + 1]) / sum(b for _, _, b in batches[:k + 1])
+    shown = set(re.findall(r"loss=([0-9.]+)", err))
+    assert "kuda epoch 1/1" in err
+    assert shown == {f"{running(0):.4f}", f"{running(10):.4f}"}, (shown, [f"{running(k):.4f}" for k in range(15)])
+
+    args, loaders = _make(tiny_demo_pickle, tmp_path / "quiet", overrides={"progress": False}, epochs=1,
+                          early_stop=5)
+    capsys.readouterr()
+    KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
+    assert "kuda epoch" not in capsys.readouterr().err
+
+
+def test_the_reported_losses_are_rounded_to_four_places(tiny_demo_pickle, tmp_path):
+    """MMSA's results carry Loss with 4 decimals; the test split's Loss is the MSE of the
+    sample results against the labels they list."""
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=2, early_stop=5)
+    dl = loaders()
+    probe = Probe(args["feature_dims"][1])
+    trainer = KuDATrainer(args)
+    results = trainer.do_train(probe, dl, return_epoch_results=True)
+    losses = [r["Loss"] for split in results.values() for r in split]
+    assert all(v == round(v, 4) for v in losses) and any(v != round(v, 3) for v in losses)
+    test = trainer.do_test(probe, dl["test"], mode="TEST", return_sample_results=True)
+    pred, labels = torch.tensor(test["SResults"]), torch.tensor(test["Labels"])
+    assert test["Loss"] == round(float(((pred - labels) ** 2).mean()), 4)
+    assert test["Loss"] != round(float(((pred - labels) ** 2).mean()), 5)
+
+
+def test_sample_results_list_every_test_sample_only_when_asked(tiny_demo_pickle, tmp_path):
+    """do_test(return_sample_results=True), what MMSA saves per sample: ids, predictions,
+    ratios, unimodal scores and labels of the whole split, in one order; by default none."""
+    import pickle
+
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=1, early_stop=5)
+    dl = loaders()
+    probe = Probe(args["feature_dims"][1]).eval()
+    trainer = KuDATrainer(args)
+    plain_results = trainer.do_test(probe, dl["test"], mode="TEST")
+    assert not {"Ids", "SResults", "Ratios", "Unimodal", "Labels"} & set(plain_results)
+    got = trainer.do_test(probe, dl["test"], mode="TEST", return_sample_results=True)
+    with open(tiny_demo_pickle, "rb") as f:
+        data = pickle.load(f)["test"]
+    ids = list(data["id"])
+    order = [ids.index(i) for i in got["Ids"]]
+    assert sorted(order) == list(range(len(ids)))
+    audio = torch.as_tensor(data["audio"], dtype=torch.float32)[order]
+    with torch.no_grad():          # the probe's prediction, M = <mean over steps of audio, w> + b
+        want = (audio.mean(1) @ probe.w + probe.b).tolist()
+    assert got["SResults"] == pytest.approx(want, abs=1e-5)
+    assert got["Labels"] == pytest.approx([float(v) for v in
+                                           torch.as_tensor(data["regression_labels"]).view(-1)[order]], abs=1e-6)
+    torch.testing.assert_close(torch.tensor(got["Ratios"]), torch.full((len(ids), 3), 1 / 3))
+    torch.testing.assert_close(torch.tensor(got["Unimodal"]), torch.tensor(want)[:, None].expand(-1, 3),
+                               rtol=0, atol=1e-5)
+
+
+def test_the_sidecar_records_what_the_weights_were_trained_with(tiny_demo_pickle, tmp_path):
+    import json
+
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=1, early_stop=5, ce_weight=0.25)
+    KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
+    info = json.loads(Path(str(args["model_save_path"]) + ".json").read_text())
+    from kuda_mmsa import __version__
+
+    assert info["format"] == "kuda_mmsa.weights-info/1" and info["version"] == __version__
+    assert (info["model"], info["dataset"], info["seed"], info["epoch"]) == ("kuda", "demo", 1111, 1)
+    assert set(info["valid"]) == {"Loss"}
+    assert info["config"]["ce_weight"] == 0.25 and info["config"]["epochs"] == 1
+    assert info["feature_file"] == str(tiny_demo_pickle)
+    assert info["pretrained"] == args["pretrained"] and info["data"] == json.loads(json.dumps(args["data_fingerprint"]))
+    assert info["data"]
+
+
+@pytest.mark.parametrize("key, base, step, better", [
+    ("Loss", 0.5, -1e-6, True), ("Loss", 0.5, -1.5e-6, True), ("Loss", 0.5, -0.5e-6, False),
+    ("Corr", 0.5, 1e-6, True), ("Corr", 0.5, 1.5e-6, True), ("Corr", 0.5, 0.5e-6, False)])
+def test_an_epoch_is_better_when_it_improves_the_key_by_at_least_1e_6(tiny_demo_pickle, tmp_path, monkeypatch,
+                                                                       key, base, step, better):
+    """Epoch selection ignores changes below 1e-6 (noise), in both directions of KeyEval."""
+    seen = []
+
+    def scripted(self, model, dataloader, mode="VAL", return_sample_results=False):
+        if mode != "VAL":
+            return {"Loss": 0.0, "Corr": 0.0}
+        seen.append(1)
+        return {key: [base, base + step][len(seen) - 1], "Loss" if key == "Corr" else "Corr": 0.0}
+
+    monkeypatch.setattr(KuDATrainer, "do_test", scripted)
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=2, early_stop=5, KeyEval=key)
+    KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
+    import json
+
+    info = json.loads(Path(str(args["model_save_path"]) + ".json").read_text())
+    assert info["epoch"] == (2 if better else 1)
+
+
+def test_curves_are_drawn_when_plots_is_on(tiny_demo_pickle, tmp_path):
+    from kuda_mmsa.training.trainer import curves_path
+
+    args, loaders = _make(tiny_demo_pickle, tmp_path, overrides={"plots": True}, epochs=2, early_stop=5)
+    KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
+    png = curves_path(args)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    args, loaders = _make(tiny_demo_pickle, tmp_path / "off", overrides={"plots": False}, epochs=1, early_stop=5)
+    KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
+    assert not curves_path(args).exists()
+
+
+def test_the_sidecar_names_the_datasets_feature_file_when_no_custom_one_was_given(tiny_demo_pickle, tmp_path):
+    """A plain MMSA run (no custom_feature) reads the dataset's featurePath: the sidecar says so."""
+    import json
+
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=1, early_stop=5)
+    dl = loaders()
+    args["custom_feature"] = None
+    assert args["featurePath"] == str(tiny_demo_pickle)
+    KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), dl)
+    info = json.loads(Path(str(args["model_save_path"]) + ".json").read_text())
+    assert info["feature_file"] == str(tiny_demo_pickle)
