@@ -321,3 +321,15 @@ def test_the_sidecar_names_the_datasets_feature_file_when_no_custom_one_was_give
     KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), dl)
     info = json.loads(Path(str(args["model_save_path"]) + ".json").read_text())
     assert info["feature_file"] == str(tiny_demo_pickle)
+
+
+def test_a_run_resumed_after_a_first_epoch_that_used_up_its_patience_trains_no_further(tiny_demo_pickle, tmp_path,
+                                                                                        monkeypatch):
+    """early_stop 1 and no finite validation value in epoch 1: the run is over after epoch 1.
+    Interrupted right after it and resumed, it must not train epoch 2 (whose value would give
+    weights): it finishes with the error that no epoch gave weights."""
+    from kuda_mmsa.errors import KudaTrainingError
+
+    with pytest.raises(KudaTrainingError, match="No epoch gave a finite validation Loss"):
+        _interrupted_after(tiny_demo_pickle, tmp_path, monkeypatch, [float("nan"), 0.1, 0.1], stop_at=1,
+                           early_stop=1)
