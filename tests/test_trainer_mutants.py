@@ -143,6 +143,7 @@ def test_a_run_diverging_in_its_first_epoch_says_nothing_was_saved(tiny_demo_pic
     text = str(e.value)
     assert "in epoch 1 of seed" in text and "no checkpoint was saved" in text and "best checkpoint" not in text
     assert "diverged in its first epoch, so no training state was saved" in text
+    assert text.endswith("or set grad_clip, then run again.") and "delete" not in text
     assert not Path(str(args["model_save_path"])).exists()
 
 
@@ -333,3 +334,18 @@ def test_a_run_resumed_after_a_first_epoch_that_used_up_its_patience_trains_no_f
     with pytest.raises(KudaTrainingError, match="No epoch gave a finite validation Loss"):
         _interrupted_after(tiny_demo_pickle, tmp_path, monkeypatch, [float("nan"), 0.1, 0.1], stop_at=1,
                            early_stop=1)
+
+
+def test_a_run_diverging_after_its_first_epoch_names_the_state_to_delete(tiny_demo_pickle, tmp_path):
+    """Diverging in epoch 2 (4 steps an epoch: the 5th forward is its first): the state after
+    epoch 1 is there, and the way out is to delete it and run again."""
+    from kuda_mmsa.errors import KudaTrainingError
+
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=3, early_stop=5)
+    resume = Path(str(args["model_save_path"]) + ".resume")
+    with pytest.raises(KudaTrainingError) as e:
+        KuDATrainer(args).do_train(Probe(args["feature_dims"][1], nan_from_call=5), loaders())
+    text = str(e.value)
+    assert "in epoch 2 of seed" in text and f"the state after epoch 1 is in {resume}" in text
+    assert text.endswith(f"or set grad_clip, then delete {resume} and run again.")
+    assert torch.load(resume, weights_only=True)["epoch"] == 1
