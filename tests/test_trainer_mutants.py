@@ -349,3 +349,24 @@ def test_a_run_diverging_after_its_first_epoch_names_the_state_to_delete(tiny_de
     assert "in epoch 2 of seed" in text and f"the state after epoch 1 is in {resume}" in text
     assert text.endswith(f"or set grad_clip, then delete {resume} and run again.")
     assert torch.load(resume, weights_only=True)["epoch"] == 1
+
+
+def test_the_saved_state_keeps_each_epochs_history_for_the_curves(tiny_demo_pickle, tmp_path, monkeypatch):
+    """After every epoch the resume state holds the history the training curves are drawn from:
+    per epoch its number, training loss (the sample-weighted mean, 4 places) and validation results."""
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=5, early_stop=5)
+    script = [0.5, 0.4, 0.3]
+    _scripted_validation(monkeypatch, script, [])
+    trainer = KuDATrainer(args)
+    trainer.epoch_callbacks.append(lambda epoch, results: (_ for _ in ()).throw(_Stop) if epoch == 2 else None)
+    probe = Probe(args["feature_dims"][1])
+    with pytest.raises(_Stop):
+        trainer.do_train(probe, loaders())
+    batches = _batch_losses(probe, float(args["ce_weight"]))
+    mean = lambda e: sum(l * b for l, _, b in batches[4 * e: 4 * e + 4]) / sum(b for _, _, b in batches[4 * e: 4 * e + 4])
+    state = torch.load(Path(str(args["model_save_path"]) + ".resume"), weights_only=True)
+    assert (state["epoch"], state["best_epoch"], state["best_valid"]) == (2, 2, 0.4)
+    assert [h["epoch"] for h in state["history"]] == [1, 2]
+    assert [h["valid"] for h in state["history"]] == [{"Loss": 0.5, "Corr": 0.0}, {"Loss": 0.4, "Corr": 0.0}]
+    for e, h in enumerate(state["history"]):
+        assert h["train_loss"] == pytest.approx(mean(e), abs=6e-5) and h["train_loss"] == round(h["train_loss"], 4)
