@@ -370,3 +370,20 @@ def test_the_saved_state_keeps_each_epochs_history_for_the_curves(tiny_demo_pick
     assert [h["valid"] for h in state["history"]] == [{"Loss": 0.5, "Corr": 0.0}, {"Loss": 0.4, "Corr": 0.0}]
     for e, h in enumerate(state["history"]):
         assert h["train_loss"] == pytest.approx(mean(e), abs=6e-5) and h["train_loss"] == round(h["train_loss"], 4)
+
+
+def test_a_resumed_run_whose_best_weights_were_deleted_fails_instead_of_finishing(tiny_demo_pickle, tmp_path,
+                                                                                  monkeypatch):
+    """The best epoch was found before the interruption, but its weights file is gone: the run
+    must not finish as if there were weights to test."""
+    from kuda_mmsa.errors import KudaTrainingError
+
+    args, loaders = _make(tiny_demo_pickle, tmp_path, epochs=10, early_stop=2)
+    _scripted_validation(monkeypatch, [0.5, 0.6, 0.7], [])
+    trainer = KuDATrainer(args)
+    trainer.epoch_callbacks.append(lambda epoch, results: (_ for _ in ()).throw(_Stop) if epoch == 3 else None)
+    with pytest.raises(_Stop):
+        trainer.do_train(Probe(args["feature_dims"][1]), loaders())
+    Path(str(args["model_save_path"])).unlink()
+    with pytest.raises(KudaTrainingError, match="no weights were saved"):
+        KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
