@@ -86,3 +86,19 @@ def test_the_loaders_yield_batches_of_batch_size_and_each_ranks_share(loader_arg
     ids = lambda rank: [i for b in loader.MMDataLoader(dict(loader_args, batch_size=8, world_size=2,
                                                             rank=rank))["test"] for i in b["id"]]
     assert sorted(ids(0) + ids(1)) == sorted(raw["test"]["id"]) and not set(ids(0)) & set(ids(1))
+
+
+def test_args_without_data_options_mean_mmsas_defaults():
+    """MMSA's own models may leave the keys out: no BERT ids, unaligned, not normalised, no
+    unimodal labels required."""
+    spec = loader.feature_spec({"featurePath": "/f.pkl"})
+    assert (spec.use_bert, spec.aligned, spec.normalized, spec.require_unimodal_labels) == (False, False, False, False)
+    assert spec.vocab_size is None and spec.min_length == 1
+
+
+def test_loading_asks_for_unimodal_labels_only_when_told(loader_args, write_variant):
+    path = write_variant(lambda d: [d[s].pop(k) for s in d for k in list(d[s]) if k == "regression_labels_V"])
+    args = dict(loader_args, featurePath=str(path))
+    loader.load_features(args)                                    # stage 2 needs only the multimodal label
+    with pytest.raises(KudaInputError, match="regression_labels_V"):
+        loader.load_features(dict(loader_args, featurePath=str(path)), require_unimodal_labels=True)
