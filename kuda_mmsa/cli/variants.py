@@ -62,7 +62,8 @@ for _v in (
     Variant("kuda_unmasked", "kuda", {"mask_padding": False},
             "dynamic fusion, padding averaged over and attended to as by the authors (missing modalities then "
             "stay in F0 and the CE loss too)"),
-    Variant("kuda_authors_dropout", "kuda", {"authors_dropout": True}, "dynamic fusion, the authors' dropout placement"),
+    Variant("kuda_authors_dropout", "kuda", {"authors_dropout": True},
+            "dynamic fusion, the authors' dropout placement"),
     Variant("kuda_authors_combine", "kuda", {"authors_combine": True},
             "dynamic fusion, the authors' training-time combine (LN_m per modality)"),
     Variant("lf_dnn", "lf_dnn", {}, "MMSA LF-DNN"),
