@@ -58,6 +58,14 @@ for _v in (
             "static fusion, the authors' dropout placement"),
     Variant("kuda_static_authors_combine", "kuda", {"use_ratio": False, "authors_combine": True},
             "static fusion, the authors' training-time combine (LN_m per modality)"),
+    # the same switches on dynamic fusion (the default ratio): what each costs dynamic mode
+    Variant("kuda_unmasked", "kuda", {"mask_padding": False},
+            "dynamic fusion, padding averaged over and attended to as by the authors (missing modalities then "
+            "stay in F0 and the CE loss too)"),
+    Variant("kuda_authors_dropout", "kuda", {"authors_dropout": True},
+            "dynamic fusion, the authors' dropout placement"),
+    Variant("kuda_authors_combine", "kuda", {"authors_combine": True},
+            "dynamic fusion, the authors' training-time combine (LN_m per modality)"),
     Variant("lf_dnn", "lf_dnn", {}, "MMSA LF-DNN"),
     Variant("tfn", "tfn", {}, "MMSA TFN"),
     Variant("self_mm", "self_mm", {}, "MMSA Self-MM (BERT = the dataset's text encoder)"),
