@@ -89,18 +89,24 @@ def make_family(name: str, **overrides) -> dict:
         audio, a_len = _frames(rng, s[:, 2], p["audio_len"], p["audio_dim"], dirs[1])
         if name != "dominant":
             _corrupt(name, rng, which, text_bert, text, embed, (vision, v_len), (audio, a_len), raw)
-        data[split] = {
-            "raw_text": np.array(raw, dtype=object),
-            "id": np.array([f"{name}_{split}_{i:05d}" for i in range(n)], dtype=object),
-            "text": text, "text_bert": text_bert, "audio": audio, "vision": vision,
-            "audio_lengths": a_len, "vision_lengths": v_len,
-            "regression_labels": y,
-            "classification_labels": np.where(y < 0, 0, np.where(y > 0, 2, 1)).astype(np.int64),
-            "annotations": ann,
-            "regression_labels_T": s[:, 0].copy(), "regression_labels_V": s[:, 1].copy(),
-            "regression_labels_A": s[:, 2].copy(),
-        }
+        data[split] = _split(name, split, raw, text, text_bert, (vision, v_len), (audio, a_len), y, s, ann)
     return data
+
+
+def _split(name, split, raw, text, text_bert, vision, audio, y, s, ann) -> dict:
+    """One split in MMSA's layout (every family's), with its annotations and unimodal labels."""
+    n = len(y)
+    return {
+        "raw_text": np.array(raw, dtype=object),
+        "id": np.array([f"{name}_{split}_{i:05d}" for i in range(n)], dtype=object),
+        "text": text, "text_bert": text_bert, "audio": audio[0], "vision": vision[0],
+        "audio_lengths": audio[1], "vision_lengths": vision[1],
+        "regression_labels": y,
+        "classification_labels": np.where(y < 0, 0, np.where(y > 0, 2, 1)).astype(np.int64),
+        "annotations": ann,
+        "regression_labels_T": s[:, 0].copy(), "regression_labels_V": s[:, 1].copy(),
+        "regression_labels_A": s[:, 2].copy(),
+    }
 
 
 def _corrupt(name, rng, which, text_bert, text, embed, vision, audio, raw):
@@ -199,14 +205,4 @@ def _new_family(name, p, rng, n, split, embed, dirs, offsets):
     else:
         vision, v_len = _frames(rng, s[:, 1], p["vision_len"], p["vision_dim"], dirs[0])
         audio, a_len = _frames(rng, s[:, 2], p["audio_len"], p["audio_dim"], dirs[1])
-    return {
-        "raw_text": np.array(raw, dtype=object),
-        "id": np.array([f"{name}_{split}_{i:05d}" for i in range(n)], dtype=object),
-        "text": text, "text_bert": text_bert, "audio": audio, "vision": vision,
-        "audio_lengths": a_len, "vision_lengths": v_len,
-        "regression_labels": y,
-        "classification_labels": np.where(y < 0, 0, np.where(y > 0, 2, 1)).astype(np.int64),
-        "annotations": ann,
-        "regression_labels_T": s[:, 0].copy(), "regression_labels_V": s[:, 1].copy(),
-        "regression_labels_A": s[:, 2].copy(),
-    }
+    return _split(name, split, raw, text, text_bert, (vision, v_len), (audio, a_len), y, s, ann)
