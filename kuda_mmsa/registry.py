@@ -1,9 +1,11 @@
 """Registries: the one place a kind of thing (ratio rule, fusion, command) gets its name.
 
-An entry is registered where it is defined (``@RATIO_RULES.register``); the schema's choices,
-``config keys``, ``-h`` and validation read the names from the registry, so adding a thing is
-one class and one decorator. Kept free of torch so that command-line help stays fast: a
-registry can name the module that fills it (``loader``), imported on first use.
+A new entry is registered where it is defined (``@RATIO_RULES.register()`` on a class with a
+``name`` and a ``help``); the schema's choices, ``config keys``, ``-h`` and validation read the
+names and help from the registry, so adding a thing is one class and one decorator. The
+built-in entries are declared here by name, help and "module:Class", so that listing and
+validating them imports no torch (command-line help stays fast); their module is imported
+when one of them is first used.
 """
 from __future__ import annotations
 
@@ -16,34 +18,42 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, loader: Optional[str] = None):
+    def __init__(self, kind: str):
         self.kind = kind               # in errors: "ratio rule", "fusion", ...
-        self._loader = loader          # module whose import registers the built-in entries
-        self._entries: Dict[str, T] = {}
+        self._entries: Dict[str, object] = {}   # name -> entry, or "module:attr" until first used
+        self._help: Dict[str, str] = {}
+
+    def declare(self, name: str, target: str, help: str) -> None:
+        """A built-in entry, imported from ``target`` ("module:attr") when first used."""
+        self._entries[name], self._help[name] = target, help
 
     def register(self, name: Optional[str] = None) -> Callable[[T], T]:
         """Decorator: ``@REGISTRY.register()`` (the entry's ``name`` attribute) or ``("name")``."""
         def add(entry: T) -> T:
             key = name or getattr(entry, "name")
-            if key in self._entries and self._entries[key] is not entry:
+            known = self._entries.get(key)
+            if known is not None and known is not entry and not isinstance(known, str):
                 raise ValueError(f"{self.kind} '{key}' is registered twice")
             self._entries[key] = entry
+            if getattr(entry, "help", "") or key not in self._help:
+                self._help[key] = getattr(entry, "help", "")
             return entry
         return add
 
-    def _load(self) -> None:
-        if self._loader is not None:
-            importlib.import_module(self._loader)
-
     def names(self) -> Tuple[str, ...]:
-        self._load()
         return tuple(self._entries)
 
+    def help(self, name: str) -> str:
+        return self._help.get(name, "")
+
     def get(self, name: str) -> T:
-        self._load()
         if name not in self._entries:
             raise KudaInputError(f"Unknown {self.kind} '{name}'; known: {', '.join(self._entries)}.")
-        return self._entries[name]
+        entry = self._entries[name]
+        if isinstance(entry, str):       # a declared built-in: its module registers it on import
+            module, attr = entry.split(":")
+            entry = self._entries[name] = getattr(importlib.import_module(module), attr)
+        return entry
 
     __getitem__ = get
 
@@ -57,6 +67,23 @@ class Registry(Generic[T]):
         return len(self.names())
 
 
-# The project's registries. Each is filled by the module named here, where its entries live.
-RATIO_RULES: Registry = Registry("ratio rule (ratio_source)", loader="kuda_mmsa.model.ratio")
-FUSIONS: Registry = Registry("fusion", loader="kuda_mmsa.model.fusions")
+# The project's registries and their built-in entries (the classes live in the named modules).
+RATIO_RULES: Registry = Registry("ratio rule (ratio_source)")
+for _name, _cls, _help in (
+    ("reliability", "Reliability", "ours: each modality's learned, scale-free reliability (inverse predicted "
+                                   "error, lowered on disagreement)"),
+    ("consensus", "Consensus", "agreement with the mean score of the present modalities (label-free)"),
+    ("estimate", "Estimate", "agreement with a small learned estimate of the overall score from the unimodal scores"),
+    ("prediction", "Prediction", "agreement with the network's own static-fusion prediction (a second fusion pass)"),
+    ("label", "Label", "agreement with the label, the authors' choice (training only; consensus at evaluation)"),
+):
+    RATIO_RULES.declare(_name, f"kuda_mmsa.model.ratio:{_cls}", _help)
+
+FUSIONS: Registry = Registry("fusion")
+for _name, _cls, _help in (
+    ("daf", "DAF", "the paper's dynamic attention fusion blocks (fusion_layers of them)"),
+    ("concat", "Concat", "ablation: the weighted sequences concatenated, projected to D, one Transformer layer"),
+    ("add", "Add", "ablation: the weighted mean of the sequences, one Transformer layer"),
+    ("late", "Late", "ablation: the output head on each modality; the weighted mean of their scores"),
+):
+    FUSIONS.declare(_name, f"kuda_mmsa.model.fusions:{_cls}", _help)

@@ -36,7 +36,7 @@ def gate_rule():
             return RatioResult(masked_softmax(model.gate(x.detached), x.present))
     # ----------------------------------------------------------------------------------------
     yield Gate
-    RATIO_RULES._entries.pop("gate")
+    RATIO_RULES._entries.pop("gate"), RATIO_RULES._help.pop("gate")
 
 
 def test_a_registered_ratio_rule_is_a_valid_choice_listed_with_its_help(gate_rule, capsys):
@@ -89,7 +89,7 @@ def pooled_fusion():
             return model.head(fused), fused
     # ----------------------------------------------------------------------------------------
     yield Pooled
-    FUSIONS._entries.pop("pooled")
+    FUSIONS._entries.pop("pooled"), FUSIONS._help.pop("pooled")
 
 
 def test_a_registered_fusion_trains_end_to_end_on_the_demo(pooled_fusion, tiny_demo_pickle, tmp_path, capsys):

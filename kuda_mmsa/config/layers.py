@@ -300,7 +300,7 @@ def describe_keys() -> str:
             out.append(f"  {key.name} = {_fmt(key.default)}    ({key.expected()})")
             out.append(f"      {key.help}")
             if isinstance(key.choices, Registry):   # each registered choice says what it is
-                out.extend(f"        {name}: {key.choices[name].help}" for name in key.choices)
+                out.extend(f"        {name}: {key.choices.help(name)}" for name in key.choices)
     return "\n".join(out)
 
 

@@ -35,7 +35,6 @@ class Fusion:
 @FUSIONS.register()
 class DAF(Fusion):
     name = "daf"
-    help = "the paper's dynamic attention fusion blocks (fusion_layers of them)"
 
     def modules(self):
         return {"blocks": nn.ModuleList(DAFBlock(self.config, self.num_modalities)
@@ -65,19 +64,16 @@ class _Sequence(Fusion):
 @FUSIONS.register()
 class Concat(_Sequence):
     name = "concat"
-    help = "ablation: the weighted sequences concatenated, projected to D, one Transformer layer"
 
 
 @FUSIONS.register()
 class Add(_Sequence):
     name = "add"
-    help = "ablation: the weighted mean of the sequences, one Transformer layer"
 
 
 @FUSIONS.register()
 class Late(Fusion):
     name = "late"
-    help = "ablation: the output head on each modality; the weighted mean of their scores"
 
     def modules(self):
         return {"fusion_variant": LateFusion()}

@@ -46,6 +46,9 @@ class KuDAOutput:
             raise KeyError(name)
         return value
 
+    def __setitem__(self, name: str, value: torch.Tensor) -> None:
+        self.with_report({name: value})
+
     def __contains__(self, name) -> bool:
         return name in self.keys()
 

@@ -166,7 +166,6 @@ class RatioRule:
 @RATIO_RULES.register()
 class Reliability(RatioRule):
     name = "reliability"
-    help = "ours: each modality's learned, scale-free reliability (inverse predicted error, lowered on disagreement)"
 
     def heads(self, widths):
         return {"reliability": ReliabilityHeads(widths)}
@@ -201,7 +200,6 @@ def _fit(estimate: torch.Tensor, labels: Optional[torch.Tensor]) -> Optional[tor
 @RATIO_RULES.register()
 class Consensus(Agreement):
     name = "consensus"
-    help = "agreement with the mean score of the present modalities (label-free)"
 
     @staticmethod
     def mean(scores: torch.Tensor, present: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -217,7 +215,6 @@ class Consensus(Agreement):
 @RATIO_RULES.register()
 class Estimate(Agreement):
     name = "estimate"
-    help = "agreement with a small learned estimate of the overall score from the unimodal scores"
 
     def heads(self, widths):
         return {"ratio_estimator": RatioEstimator(len(widths))}
@@ -230,7 +227,6 @@ class Estimate(Agreement):
 @RATIO_RULES.register()
 class Prediction(Agreement):
     name = "prediction"
-    help = "agreement with the network's own static-fusion prediction (a second fusion pass)"
 
     def target(self, model, x):
         estimate = x.static_prediction()
@@ -240,7 +236,6 @@ class Prediction(Agreement):
 @RATIO_RULES.register()
 class Label(Agreement):
     name = "label"
-    help = "agreement with the label, the authors' choice (training only; consensus at evaluation)"
 
     def target(self, model, x):
         if x.training and x.labels is not None:
