@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+
+from kuda_mmsa.training.run_config import RunConfig
 import torch
 from test_model import L_T, make_batch, make_model   # tests/ is on sys.path
 from test_trust import Payload, run_cli
@@ -58,7 +60,7 @@ def test_the_run_path_never_runs_code_from_the_weights_it_tests(tmp_path, tiny_d
     marker = tmp_path / "payload-ran"
 
     def train_writes_a_payload(self, model, dataloader, return_epoch_results=False):
-        torch.save({"w": Payload(marker)}, self.args["model_save_path"])
+        torch.save({"w": Payload(marker)}, self.run.model_save_path)
 
     monkeypatch.setattr(trainer.KuDATrainer, "do_train", train_writes_a_payload)
     try:
@@ -110,11 +112,15 @@ def test_stage2_resume_is_refused_after_a_change_of(change, stage2_args, monkeyp
     atomic_save({"format": RESUME_FORMAT, "fingerprint": saved.fingerprint()}, resume)
 
     later = copy.deepcopy(stage2_args)
-    trainer = trainer_mod.KuDATrainer(later)
-    if change == "version":
-        monkeypatch.setattr(trainer_mod, "__version__", trainer_mod.__version__ + ".1")
-    else:
-        RUN_CHANGES[change](later, trainer)
+    if change in ("precision", "knowledge", "version"):     # what the trainer decides or finds
+        trainer = trainer_mod.KuDATrainer(later)
+        if change == "version":
+            monkeypatch.setattr(trainer_mod, "__version__", trainer_mod.__version__ + ".1")
+        else:
+            RUN_CHANGES[change](later, trainer)
+    else:                                   # the run's args, read once when its trainer is built
+        RUN_CHANGES[change](later, None)
+        trainer = trainer_mod.KuDATrainer(later)
     monkeypatch.setattr(trainer, "load_knowledge", lambda *a, **k: None)
     with pytest.raises(KudaStaleStateError, match="Delete the file") as e:
         trainer.do_train(make_model(), {s: _NoBatches() for s in ("train", "valid", "test")})
@@ -146,7 +152,7 @@ def interrupted_stage1(tiny_demo_pickle, tmp_path, monkeypatch):
 
     cfg = write_tiny_config(tmp_path / "c.yaml", pretrain={"epochs": {"T": 2, "V": 2, "A": 2}, "batch_size": 8})
     args, loaders = make_kuda_args(tiny_demo_pickle, cfg, tmp_path)
-    job = stage1.job_from_args(args)
+    job = stage1.job_for_run(RunConfig.from_args(args))
     datasets = {s: dl.dataset for s, dl in loaders().items()}
     real, calls = stage1._evaluate, {"n": 0}
 
@@ -430,20 +436,22 @@ def test_a_checkpoint_that_does_not_fit_the_model_is_refused_naming_the_mismatch
 
 def test_knowledge_from_another_dataset_needs_its_feature_file():
     from kuda_mmsa.errors import KudaInputError
-    from kuda_mmsa.training.transfer import is_cross_dataset, knowledge_modalities, source_info
+    from tiny_kuda import run_of
+
+    from kuda_mmsa.training.transfer import knowledge_modalities, source_info
 
     for info in (None, {}, {"dataset": "sims2"}, {"dataset": "sims2", "feature_file": ""}):
         with pytest.raises(KudaInputError, match="--knowledge-feature-file"):
-            source_info({"knowledge_from": "sims2", "knowledge_source": info})
+            source_info(run_of(knowledge_from="sims2", knowledge_source=info))
     ok = {"dataset": "sims2", "feature_file": "/d/unaligned.pkl"}
-    assert source_info({"knowledge_source": ok}) == ok
-    assert is_cross_dataset({"knowledge_from": "sims2", "dataset_name": "mosi"})
-    assert not is_cross_dataset({"knowledge_from": "mosi", "dataset_name": "mosi"})
-    assert not is_cross_dataset({"knowledge_from": None, "dataset_name": "mosi"})
+    assert source_info(run_of(knowledge_source=ok)) == ok
+    assert run_of(knowledge_from="sims2", dataset_name="mosi").cross_dataset
+    assert not run_of(knowledge_from="mosi", dataset_name="mosi").cross_dataset
+    assert not run_of(knowledge_from=None, dataset_name="mosi").cross_dataset
     cross = {"knowledge_from": "sims2", "dataset_name": "mosi", "use_knowledge": True}
-    assert knowledge_modalities({**cross, "knowledge_text": "scratch"}) == ("V", "A")
-    assert knowledge_modalities({**cross, "knowledge_text": "own"}) == ("T", "V", "A")
-    assert knowledge_modalities({**cross, "use_knowledge": False}) == ()
+    assert knowledge_modalities(run_of(**cross, knowledge_text="scratch")) == ("V", "A")
+    assert knowledge_modalities(run_of(**cross, knowledge_text="own")) == ("T", "V", "A")
+    assert knowledge_modalities(run_of(**{**cross, "use_knowledge": False})) == ()
 
 
 def test_stage1_inside_stage2_leaves_every_random_stream_where_it_was():

@@ -261,17 +261,42 @@ def saved_run(tiny_demo_pickle, tmp_path_factory):
 
 
 def _config_change(key):
+    """Another valid value of ``key`` (the run is typed and checked when it is built, so the
+    change must be one a user could make): another choice, the other bool, another number in
+    range that keeps the widths divisible by the heads."""
+    from kuda_mmsa.config.schema import SCHEMA
+    from kuda_mmsa.errors import KudaInputError
+    from kuda_mmsa.training.run_config import RunConfig
+
+    spec = SCHEMA[key]
+
+    def candidates(value):
+        if spec.choices:
+            return [c for c in spec.choices if c != value]
+        if isinstance(value, bool):
+            return [not value]
+        if isinstance(value, (int, float)):
+            return [value * 2, value + 1, value / 2, 0.05, 1]
+        if isinstance(value, list):
+            return [[x + 1 for x in value], value[:-1]]
+        return [f"{value}-changed"]
+
     def change(a):
-        value = a.get(key)
-        a[key] = (not value) if isinstance(value, bool) else (
-            value * 2 + 1 if isinstance(value, (int, float)) else f"{value}-changed")
+        for new in candidates(a.get(key)):
+            try:
+                RunConfig.from_args(dict(a, **{key: spec.check(new, "test")}))
+            except (KudaInputError, ValueError, TypeError):
+                continue
+            a[key] = spec.check(new, "test")
+            return
+        raise AssertionError(f"no valid change of {key} from {a.get(key)!r}")
     return change
 
 
 def _result_keys():
-    from kuda_mmsa.training.trainer import RESULT_KEYS
+    from kuda_mmsa.config.schema import KEYS
 
-    return RESULT_KEYS
+    return tuple(k.name for k in KEYS if k.section in ("model", "train"))
 
 
 CHANGES = st.one_of(
@@ -296,14 +321,15 @@ def test_a_resume_is_refused_after_any_change_of_data_seed_config_or_world_size(
     path = tmp_path / "run.pth.resume"
     atomic_save({"format": RESUME_FORMAT, "fingerprint": before.fingerprint()}, path)
     later_args = copy.deepcopy(saved_run)
-    later = KuDATrainer(later_args)
     if apply == "knowledge":
+        later = KuDATrainer(later_args)
         before.knowledge = {"T": "uid-1"}
         atomic_save({"format": RESUME_FORMAT, "fingerprint": before.fingerprint()}, path)
         later.knowledge = {"T": "uid-2"}
     else:
         apply(later_args)
         assume(later_args != saved_run)
+        later = KuDATrainer(later_args)
     with pytest.raises(KudaStaleStateError):
         read_resume(path, RESUME_FORMAT, later.fingerprint(), "Interrupted training state")
     state, _ = read_resume(path, RESUME_FORMAT, before.fingerprint(), "Interrupted training state")

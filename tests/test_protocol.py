@@ -57,6 +57,7 @@ def _datasets(loaders):
 def test_knowledge_from_a_dataset_with_other_dims_loads_adapters_and_trains_projections(
         tiny_demo_pickle, other_pickle, tiny_bert_dir, cfg_file, module_dir):
     from kuda_mmsa.model import build_kuda
+    from kuda_mmsa.training.run_config import RunConfig
     from kuda_mmsa.training.transfer import load_cross_dataset_knowledge
     from kuda_mmsa.training.trainer import KuDATrainer
 
@@ -66,7 +67,7 @@ def test_knowledge_from_a_dataset_with_other_dims_loads_adapters_and_trains_proj
     torch.manual_seed(0)
     model = build_kuda(args)
     init = {m: {k: v.clone() for k, v in model.branches[m].state_dict().items()} for m in "TVA"}
-    folder, uids, report = load_cross_dataset_knowledge(model, args, _datasets(loaders))
+    folder, uids, report = load_cross_dataset_knowledge(model, RunConfig.from_args(args), _datasets(loaders))
     assert "/sims/" in folder and set(uids) == {"T", "V", "A"}       # stage 1 ran on the source
     for m, (src_dim, dim) in {"V": (6, 9), "A": (5, 4)}.items():
         r = report[m]
@@ -103,6 +104,7 @@ def test_knowledge_from_a_dataset_with_other_dims_loads_adapters_and_trains_proj
 def test_text_knowledge_scratch_trains_text_adapters_and_own_uses_the_runs_data(
         tiny_demo_pickle, other_pickle, tiny_bert_dir, cfg_file, module_dir):
     from kuda_mmsa.model import build_kuda
+    from kuda_mmsa.training.run_config import RunConfig
     from kuda_mmsa.training.transfer import load_cross_dataset_knowledge
     from kuda_mmsa.training.trainer import KuDATrainer
 
@@ -116,7 +118,7 @@ def test_text_knowledge_scratch_trains_text_adapters_and_own_uses_the_runs_data(
     assert not any(p.requires_grad for p in model.branches["V"].adapters.parameters())
 
     args, loaders = kuda_args("mosi", other_pickle, cfg_file, module_dir / "knowledge", knowledge_text="own", **common)
-    _, uids, report = load_cross_dataset_knowledge(build_kuda(args), args, _datasets(loaders))
+    _, uids, report = load_cross_dataset_knowledge(build_kuda(args), RunConfig.from_args(args), _datasets(loaders))
     assert report["T"]["source"] == "mosi" and "/mosi/" in report["T"]["path"]
     assert report["V"]["source"] == "sims" and uids["T"] != uids["V"]
 
@@ -149,6 +151,7 @@ def test_source_text_of_another_tokenizer_is_a_clear_error(tiny_bert_dir, other_
     from kuda_mmsa.data import ensure_demo_data
     from kuda_mmsa.data.tiny_encoders import ensure_tiny_encoder
     from kuda_mmsa.model import build_kuda
+    from kuda_mmsa.training.run_config import RunConfig
     from kuda_mmsa.training.transfer import load_cross_dataset_knowledge
 
     source = ensure_demo_data(kuda_cache, **dict(TINY_DEMO, seed=8))
@@ -156,7 +159,7 @@ def test_source_text_of_another_tokenizer_is_a_clear_error(tiny_bert_dir, other_
     args, loaders = kuda_args("mosi", other_pickle, cfg_file, module_dir / "knowledge", knowledge_from="sims",
                               knowledge_feature_file=str(roberta_ids), pretrained=str(tiny_bert_dir))
     with pytest.raises(KudaInputError, match=r"knowledge_text: own") as e:
-        load_cross_dataset_knowledge(build_kuda(args), args, _datasets(loaders))
+        load_cross_dataset_knowledge(build_kuda(args), RunConfig.from_args(args), _datasets(loaders))
     assert str(roberta_ids) in str(e.value) and "retokenize" in str(e.value)
 
 

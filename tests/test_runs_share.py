@@ -292,7 +292,7 @@ def test_a_killed_multi_seed_run_keeps_finished_seeds_and_resumes_the_interrupte
     assert not (tmp_path / "r" / "normal" / "demo.csv").exists()
 
     def counting_train(self, *a, **k):
-        calls["train"].append(self.args["seed"])
+        calls["train"].append(self.run.seed)
         return real_train(self, *a, **k)
 
     monkeypatch.setattr(trainer.KuDATrainer, "do_test", real_test)
@@ -314,7 +314,7 @@ def test_a_repeated_seed_runs_once(tmp_path, fast_cfg, tiny_demo_pickle, monkeyp
     real, seen = trainer.KuDATrainer.do_train, []
 
     def counting(self, *a, **k):
-        seen.append(self.args["seed"])
+        seen.append(self.run.seed)
         return real(self, *a, **k)
 
     monkeypatch.setattr(trainer.KuDATrainer, "do_train", counting)

@@ -5,6 +5,8 @@ padding in reference mode."""
 import dataclasses
 
 import pytest
+
+from kuda_mmsa.training.run_config import RunConfig
 import torch
 from tiny_kuda import write_tiny_config
 
@@ -13,10 +15,10 @@ from tiny_kuda import write_tiny_config
 def job(tiny_demo_pickle, tmp_path):
     from test_training import make_kuda_args
 
-    from kuda_mmsa.training.stage1 import job_from_args
+    from kuda_mmsa.training.stage1 import job_for_run
 
     args, loaders = make_kuda_args(tiny_demo_pickle, write_tiny_config(tmp_path / "c.yaml"), tmp_path)
-    return job_from_args(args), args, loaders
+    return job_for_run(RunConfig.from_args(args)), args, loaders
 
 
 def test_what_knowledge_was_made_with_names_its_folder(job):
@@ -36,12 +38,12 @@ def test_what_knowledge_was_made_with_names_its_folder(job):
 def test_reference_mode_stage1_averages_over_padding(tiny_demo_pickle, tmp_path):
     from test_training import make_kuda_args
 
-    from kuda_mmsa.training.stage1 import job_from_args
+    from kuda_mmsa.training.stage1 import job_for_run
 
     ref, _ = make_kuda_args(tiny_demo_pickle, write_tiny_config(tmp_path / "r.yaml", fusion_mode="reference"), tmp_path)
     dyn, _ = make_kuda_args(tiny_demo_pickle, write_tiny_config(tmp_path / "d.yaml"), tmp_path)
-    assert job_from_args(ref).masked is False and job_from_args(dyn).masked is True
-    assert job_from_args(ref).paths["T"] != job_from_args(dyn).paths["T"]
+    assert job_for_run(RunConfig.from_args(ref)).masked is False and job_for_run(RunConfig.from_args(dyn)).masked is True
+    assert job_for_run(RunConfig.from_args(ref)).paths["T"] != job_for_run(RunConfig.from_args(dyn)).paths["T"]
 
 
 def test_each_branch_learns_its_own_label_or_the_overall_one():

@@ -8,21 +8,24 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+from kuda_mmsa.training.run_config import RunConfig
 import torch
 
 from test_training import kuda_args, tiny_config_file  # noqa: F401  (fixtures)
+from tiny_kuda import run_of
 
 from kuda_mmsa.errors import KudaInputError
 from kuda_mmsa.training import stage1
 
 
 def test_the_pretrain_command_names_dataset_file_encoder_and_folder():
-    assert stage1.pretrain_command({"dataset_name": "mosi"}) == "python -m kuda_mmsa pretrain -d mosi"
+    assert stage1.pretrain_command(run_of(dataset_name="mosi")) == "python -m kuda_mmsa pretrain -d mosi"
     full = {"dataset_name": "mosi", "custom_feature": "/f.pkl", "pretrained_arg": "bert-x", "knowledge_dir": "/k"}
-    assert stage1.pretrain_command(full) == ("python -m kuda_mmsa pretrain -d mosi --feature-file /f.pkl "
-                                             "--pretrained bert-x --knowledge-dir /k")
+    assert stage1.pretrain_command(run_of(**full)) == ("python -m kuda_mmsa pretrain -d mosi --feature-file /f.pkl "
+                                                       "--pretrained bert-x --knowledge-dir /k")
     # knowledge from another dataset: stage 1 runs on that one, not on this run's file
-    assert stage1.pretrain_command(dict(full, knowledge_from="sims")) == (
+    assert stage1.pretrain_command(run_of(**full, knowledge_from="sims")) == (
         "python -m kuda_mmsa pretrain -d sims --pretrained bert-x --knowledge-dir /k")
 
 
@@ -50,10 +53,10 @@ def test_stage1_inside_a_run_leaves_every_random_stream_where_it_was():
 
 
 def test_messages_call_the_data_by_its_file_else_its_dataset():
-    assert stage1.data_label({"custom_feature": "/c.pkl", "featurePath": "/f.pkl"}) == "/c.pkl"
-    assert stage1.data_label({"featurePath": "/f.pkl", "dataset_name": "mosi"}) == "/f.pkl"
-    assert stage1.data_label({"dataset_name": "mosi"}) == "mosi"
-    assert stage1.data_label({}) == "the data"
+    assert stage1.data_label(run_of(custom_feature="/c.pkl", featurePath="/f.pkl")) == "/c.pkl"
+    assert stage1.data_label(run_of(featurePath="/f.pkl", dataset_name="mosi")) == "/f.pkl"
+    assert stage1.data_label(run_of(dataset_name="mosi")) == "mosi"
+    assert stage1.data_label(run_of()) == "the data"
 
 
 def _job(has=True, data=None):
@@ -82,7 +85,7 @@ def test_every_split_must_hold_all_three_unimodal_labels_when_the_dataset_has_th
 
 def test_the_knowledge_settings_hold_what_defines_it(kuda_args):
     args, _ = kuda_args
-    job = stage1.job_from_args(args)
+    job = stage1.job_for_run(RunConfig.from_args(args))
     s = job.settings()
     assert set(s) == {"pretrain", "model", "masked", "data", "target"}
     assert set(s["model"]) == set(stage1.BRANCH_KEYS) and s["model"]["av_layers"] == args["av_layers"]
@@ -92,7 +95,7 @@ def test_the_knowledge_settings_hold_what_defines_it(kuda_args):
     assert s["data"] == job.data_name == str(args["custom_feature"]).rsplit("/", 1)[-1]
     assert job.masked is True and job.seed == int(args["pretrain"]["seed"])
     assert job.origin["dataset"] == "demo" and job.origin["data"] == args["data_fingerprint"]
-    assert job.command == stage1.pretrain_command(args)
+    assert job.command == stage1.pretrain_command(RunConfig.from_args(args))
     assert job.paths["A"].name == "audio.pth" and job.paths["A"].parent.parent.parent.name == "demo"
     job.has_unimodal_labels = False
     assert job.settings()["target"] == "M"

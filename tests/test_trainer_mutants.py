@@ -125,12 +125,14 @@ def test_a_run_resumed_one_epoch_before_its_early_stop_trains_that_epoch(tiny_de
 
 def test_the_training_curves_go_to_the_log_folder_else_next_to_the_weights(tmp_path):
     """One PNG per seed, named by model and dataset, in MMSA's log folder when there is one."""
+    from tiny_kuda import run_of
+
     from kuda_mmsa.training.trainer import curves_path
 
     args = {"model_name": "kuda", "dataset_name": "mosi", "seed": 3, "model_save_path": tmp_path / "w" / "k.pth"}
-    assert curves_path(dict(args, log_dir=str(tmp_path / "logs"))) == tmp_path / "logs" / "kuda-mosi-seed3-curves.png"
-    assert curves_path(dict(args, log_dir=None)) == tmp_path / "w" / "kuda-mosi-seed3-curves.png"
-    assert curves_path(args) == tmp_path / "w" / "kuda-mosi-seed3-curves.png"
+    assert curves_path(run_of(**args, log_dir=str(tmp_path / "logs"))) == tmp_path / "logs" / "kuda-mosi-seed3-curves.png"
+    assert curves_path(run_of(**args, log_dir=None)) == tmp_path / "w" / "kuda-mosi-seed3-curves.png"
+    assert curves_path(run_of(**args)) == tmp_path / "w" / "kuda-mosi-seed3-curves.png"
 
 
 def test_a_run_diverging_in_its_first_epoch_says_nothing_was_saved(tiny_demo_pickle, tmp_path):
@@ -300,15 +302,16 @@ def test_an_epoch_is_better_when_it_improves_the_key_by_at_least_1e_6(tiny_demo_
 
 
 def test_curves_are_drawn_when_plots_is_on(tiny_demo_pickle, tmp_path):
+    from kuda_mmsa.training.run_config import RunConfig
     from kuda_mmsa.training.trainer import curves_path
 
     args, loaders = _make(tiny_demo_pickle, tmp_path, overrides={"plots": True}, epochs=2, early_stop=5)
     KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
-    png = curves_path(args)
+    png = curves_path(RunConfig.from_args(args))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     args, loaders = _make(tiny_demo_pickle, tmp_path / "off", overrides={"plots": False}, epochs=1, early_stop=5)
     KuDATrainer(args).do_train(Probe(args["feature_dims"][1]), loaders())
-    assert not curves_path(args).exists()
+    assert not curves_path(RunConfig.from_args(args)).exists()
 
 
 def test_the_sidecar_names_the_datasets_feature_file_when_no_custom_one_was_given(tiny_demo_pickle, tmp_path):

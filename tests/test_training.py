@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from kuda_mmsa.training.run_config import RunConfig
 import torch
 from tiny_kuda import write_tiny_config  # tests/ is on sys.path
 
@@ -54,20 +56,20 @@ def _model(args):
 
 
 def _pretrain(args, loaders, **kw):
-    from kuda_mmsa.training.stage1 import job_from_args, pretrain_unimodal
+    from kuda_mmsa.training.stage1 import job_for_run, pretrain_unimodal
 
-    job = job_from_args(args)
+    job = job_for_run(RunConfig.from_args(args))
     return pretrain_unimodal(job, {s: dl.dataset for s, dl in loaders().items()}, **kw)
 
 
 def test_stage1_checkpoints_are_loaded_and_frozen_in_stage2(kuda_args):
-    from kuda_mmsa.training.stage1 import job_from_args
+    from kuda_mmsa.training.stage1 import job_for_run
     from kuda_mmsa.training.trainer import KuDATrainer
 
     args, loaders = kuda_args
     paths = _pretrain(args, loaders)
     assert set(paths) == {"T", "V", "A"} and all(p.is_file() for p in paths.values())
-    assert paths == job_from_args(args).paths
+    assert paths == job_for_run(RunConfig.from_args(args)).paths
     assert not list(paths["T"].parent.glob("*.partial")) and not list(paths["T"].parent.glob("*.tmp"))
 
     model = _model(args)
@@ -96,7 +98,7 @@ def test_stage2_without_knowledge_stops_with_the_command_to_run(kuda_args):
 def test_other_stage1_settings_get_their_own_knowledge_and_a_foreign_file_is_a_clear_error(kuda_args):
     import shutil
 
-    from kuda_mmsa.training.stage1 import job_from_args
+    from kuda_mmsa.training.stage1 import job_for_run
     from kuda_mmsa.training.trainer import KuDATrainer
 
     args, loaders = kuda_args
@@ -104,7 +106,7 @@ def test_other_stage1_settings_get_their_own_knowledge_and_a_foreign_file_is_a_c
     other = dict(args)
     other["av_hidden_size"] = 12                  # a model of another width than the checkpoints
     other["pretrain"] = dict(args["pretrain"])
-    mine, theirs = job_from_args(args).paths, job_from_args(other).paths
+    mine, theirs = job_for_run(RunConfig.from_args(args)).paths, job_for_run(RunConfig.from_args(other)).paths
     assert mine["V"].parent != theirs["V"].parent   # never mistaken for each other
     theirs["V"].parent.mkdir(parents=True)
     for m in "TVA":                                  # a user copies files into the wrong folder
@@ -114,12 +116,12 @@ def test_other_stage1_settings_get_their_own_knowledge_and_a_foreign_file_is_a_c
 
 
 def test_truncated_checkpoint_is_a_clear_error(kuda_args):
-    from kuda_mmsa.training.stage1 import job_from_args
+    from kuda_mmsa.training.stage1 import job_for_run
     from kuda_mmsa.training.trainer import KuDATrainer
 
     args, loaders = kuda_args
     _pretrain(args, loaders)
-    path = job_from_args(args).paths["V"]
+    path = job_for_run(RunConfig.from_args(args)).paths["V"]
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(KudaCheckpointError, match="truncated"):
         KuDATrainer(args).load_knowledge(_model(args))

@@ -9,24 +9,25 @@ from torch import nn
 
 from kuda_mmsa.errors import KudaCheckpointError, KudaInputError
 from kuda_mmsa.training import transfer
+from tiny_kuda import run_of
 
 
 def test_a_run_is_cross_dataset_only_with_knowledge_from_another_dataset():
-    assert not transfer.is_cross_dataset({"dataset_name": "mosi"})
-    assert not transfer.is_cross_dataset({"dataset_name": "mosi", "knowledge_from": ""})
-    assert not transfer.is_cross_dataset({"dataset_name": "mosi", "knowledge_from": "mosi"})
-    assert transfer.is_cross_dataset({"dataset_name": "mosi", "knowledge_from": "sims"})
+    assert not run_of(dataset_name="mosi").cross_dataset
+    assert not run_of(dataset_name="mosi", knowledge_from="").cross_dataset
+    assert not run_of(dataset_name="mosi", knowledge_from="mosi").cross_dataset
+    assert run_of(dataset_name="mosi", knowledge_from="sims").cross_dataset
 
 
 def test_the_frozen_knowledge_is_every_modality_unless_text_starts_from_scratch():
     cross = {"dataset_name": "mosi", "knowledge_from": "sims"}
-    assert transfer.knowledge_modalities({}) == ("T", "V", "A")
-    assert transfer.knowledge_modalities({"use_knowledge": False, **cross}) == ()
-    assert transfer.knowledge_modalities(dict(cross, knowledge_text="scratch")) == ("V", "A")
-    assert transfer.knowledge_modalities(dict(cross, knowledge_text="own")) == ("T", "V", "A")
-    assert transfer.knowledge_modalities(cross) == ("T", "V", "A")
-    assert transfer.knowledge_modalities({"dataset_name": "sims", "knowledge_from": "sims",
-                                          "knowledge_text": "scratch"}) == ("T", "V", "A")
+    assert transfer.knowledge_modalities(run_of()) == ("T", "V", "A")
+    assert transfer.knowledge_modalities(run_of(use_knowledge=False, **cross)) == ()
+    assert transfer.knowledge_modalities(run_of(**cross, knowledge_text="scratch")) == ("V", "A")
+    assert transfer.knowledge_modalities(run_of(**cross, knowledge_text="own")) == ("T", "V", "A")
+    assert transfer.knowledge_modalities(run_of(**cross)) == ("T", "V", "A")
+    assert transfer.knowledge_modalities(run_of(dataset_name="sims", knowledge_from="sims",
+                                                knowledge_text="scratch")) == ("T", "V", "A")
 
     class Model:
         def freeze_knowledge(self, modalities):
@@ -41,9 +42,9 @@ def test_the_source_must_say_where_its_features_are():
     for info in (None, {}, {"dataset": "sims", "feature_file": ""}):
         with pytest.raises(KudaInputError, match="knowledge_from 'sims' is set but the run's arguments do not say "
                                                  "where that dataset's features are"):
-            transfer.source_info({"knowledge_from": "sims", "knowledge_source": info})
+            transfer.source_info(run_of(knowledge_from="sims", knowledge_source=info))
     info = {"dataset": "sims", "feature_file": "/s.pkl"}
-    got = transfer.source_info({"knowledge_source": info})
+    got = transfer.source_info(run_of(knowledge_source=info))
     assert got == info
     got["dataset"] = "changed"
     assert info["dataset"] == "sims"            # a copy: the run's arguments stay as they were

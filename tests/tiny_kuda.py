@@ -12,6 +12,14 @@ TINY_KUDA = dict(
 )
 
 
+def run_of(**keys):
+    """A RunConfig from a few args (the rest: the schema's defaults), with data dims of its own
+    for the helpers that never build a model."""
+    from kuda_mmsa.training.run_config import RunConfig
+
+    return RunConfig.from_args({"feature_dims": [8, 4, 6], "seq_lens": [5, 6, 7], **keys})
+
+
 def write_tiny_config(path, **overrides) -> Path:
     """Write TINY_KUDA (with overrides) as a YAML config file for `-c`."""
     path = Path(path)

@@ -57,6 +57,7 @@ def _describe(shapes: dict) -> str:
 
 
 def dims_error(weights, info, trained: dict, args) -> KudaInputError:
+    from ..training.run_config import RunConfig
     from ..training.stage1 import data_label
 
     target = data_shapes(args)
@@ -65,7 +66,7 @@ def dims_error(weights, info, trained: dict, args) -> KudaInputError:
     names = {"T": "text", "V": "vision", "A": "audio"}
     return KudaInputError(
         f"The weights {weights} (trained on '{(info or {}).get('dataset', '?')}') cannot be evaluated on "
-        f"{data_label(args)}: the {', '.join(names[m] for m in diff) or 'feature'} shapes differ. The model was "
+        f"{data_label(RunConfig.from_args(args))}: the {', '.join(names[m] for m in diff) or 'feature'} shapes differ. The model was "
         f"built for {_describe(trained)}; the data has {_describe(target)}. Evaluation without fine-tuning needs "
         f"the same feature extractors and padded lengths; for data of other dims, train on it (with "
         f"--knowledge-from to reuse the stage-1 knowledge).")
@@ -87,6 +88,7 @@ def evaluate(weights, dataset: Optional[str] = None, feature_file=None, split: s
     from ..mmsa.loader import load_features
     from ..mmsa.trained import evaluation_precision, load_trained, predict_split, read_weights, weights_info
     from ..training.metrics import metrics_for
+    from ..training.run_config import RunConfig
     from ..training.stage1 import check_text_data, data_label
 
     info = weights_info(weights)
@@ -110,7 +112,8 @@ def evaluate(weights, dataset: Optional[str] = None, feature_file=None, split: s
         raise
     if split not in features.splits:
         raise KudaInputError(f"Split '{split}' is not in the data; splits: {sorted(features.splits)}.")
-    check_text_data({split: features[split]}, args.get("pretrained"), f"the feature file '{data_label(args)}'")
+    label = data_label(RunConfig.from_args(args))
+    check_text_data({split: features[split]}, args.get("pretrained"), f"the feature file '{label}'")
     p = predict_split(args, model, features[split])
     source_range, target_range = label_range_of(trained_on), list(args.get("label_range") or [])
     pred = p.pred
@@ -120,7 +123,7 @@ def evaluate(weights, dataset: Optional[str] = None, feature_file=None, split: s
         pred = target_range[0] + (pred - source_range[0]) * k
     metrics = metrics_for(args.metrics_name)(pred, p.labels)
     summary = {"weights": str(weights), "trained_on": trained_on, "trained_feature_file": (info or {}).get("feature_file"),
-               "evaluated_on": dataset, "feature_file": data_label(args), "split": split, "samples": len(p.ids),
+               "evaluated_on": dataset, "feature_file": label, "split": split, "samples": len(p.ids),
                "device": str(args.device), "precision": evaluation_precision(args)[0],
                "same_data_as_training": bool(info and info.get("data") and
                                              (info["data"].get("file") or {}).get("path") ==

@@ -55,7 +55,8 @@ def run(a: argparse.Namespace) -> int:
     from ..mmsa.args import build_args
     from ..mmsa.loader import load_features
     from ..mmsa.patches import assign_gpu
-    from ..training.stage1 import job_from_args, pretrain_command, pretrain_unimodal
+    from ..training.run_config import RunConfig
+    from ..training.stage1 import job_for_run, pretrain_command, pretrain_unimodal
 
     console_logging(a.verbose)
     if len(a.seeds) > 1:
@@ -73,7 +74,8 @@ def run(a: argparse.Namespace) -> int:
     features = load_features(args)      # stage 1 checks the unimodal labels (the rule train's stage 1 follows)
     if a.seeds:
         args.pretrain["seed"] = SCHEMA["pretrain.seed"].check(a.seeds[0], "-s/--seeds")
-    job = job_from_args(args, device=device, num_workers=a.num_workers, command=pretrain_command(args))
+    run = RunConfig.from_args(args)
+    job = job_for_run(run, device=device, num_workers=a.num_workers, command=pretrain_command(run))
     paths = pretrain_unimodal(job, features.splits, a.modalities, overwrite=a.overwrite)
     for m, path in paths.items():
         print(f"{m}: {path}")

@@ -174,22 +174,23 @@ def _kuda_args(dataset, config_file, cfg, feature_file):
 
 def knowledge_folders(args) -> List[dict]:
     """The stage-1 folders a KuDA run with ``args`` needs (no data is read)."""
-    from ..training.stage1 import job_from_args
-    from ..training.transfer import is_cross_dataset
+    from ..training.run_config import RunConfig
+    from ..training.stage1 import job_for_run
 
-    if not args.get("use_knowledge", True):
+    run = RunConfig.from_args(args)
+    if not run.model.use_knowledge:
         return []
     out = []
-    if is_cross_dataset(args):
-        info = args["knowledge_source"]
-        src = dict(args, dataset_name=info["dataset"], knowledge_from=None,
-                   has_unimodal_labels=bool(info["has_unimodal_labels"]))
-        mods = ["V", "A"] + (["T"] if args.get("knowledge_text") == "source" else [])
-        out.append((info["dataset"], job_from_args(src).paths, mods))
-        if args.get("knowledge_text") == "own":
-            out.append((args["dataset_name"], job_from_args(dict(args, knowledge_from=None)).paths, ["T"]))
+    if run.cross_dataset:
+        info = run.knowledge_source
+        src = run.with_(dataset_name=info["dataset"], knowledge_from=None,
+                        has_unimodal_labels=bool(info["has_unimodal_labels"]))
+        mods = ["V", "A"] + (["T"] if run.train.knowledge_text == "source" else [])
+        out.append((info["dataset"], job_for_run(src).paths, mods))
+        if run.train.knowledge_text == "own":
+            out.append((run.dataset_name, job_for_run(run.with_(knowledge_from=None)).paths, ["T"]))
     else:
-        out.append((args["dataset_name"], job_from_args(args).paths, ["T", "V", "A"]))
+        out.append((run.dataset_name, job_for_run(run).paths, ["T", "V", "A"]))
     return [{"dataset": d, "folder": str(paths["T"].parent), "modalities": mods,
              "present": all(paths[m].is_file() for m in mods)} for d, paths, mods in out]
 

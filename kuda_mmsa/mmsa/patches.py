@@ -26,6 +26,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau as _ReduceLROnPlateau
 from ..data.safe_pickle import SafePickleModule
 from ..errors import KudaInputError
 from ..model import build_kuda
+from ..training.run_config import RunConfig
 from ..training.trainer import KuDATrainer
 from . import loader
 from .args import KUDA, resolve_pretrained
@@ -58,7 +59,7 @@ class AMIO(_AMIO):
 class ATIO(_ATIO):
     def getTrain(self, args):
         if str(args["model_name"]).lower() == KUDA:
-            return KuDATrainer(args)
+            return KuDATrainer(RunConfig.from_args(args))    # the run, typed, from here down
         return super().getTrain(args)
 
 

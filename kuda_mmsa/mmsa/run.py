@@ -357,6 +357,7 @@ def loss_note(args) -> Optional[str]:
 def describe_outputs(result: RunResult, args, seeds_csv: Path, log_file: Path) -> str:
     """Every file this command wrote and where, for the end of the log (the files that exist:
     stock models write no config and no curves, --no-plots no PNG)."""
+    from ..training.run_config import RunConfig
     from ..training.trainer import curves_path
 
     lines = [f"  results (MMSA's row: mean and std x 100 over seeds): {result.csv}",
@@ -370,8 +371,8 @@ def describe_outputs(result: RunResult, args, seeds_csv: Path, log_file: Path) -
         run = [f"weights {weights}"]
         if weights_info_path(weights).is_file():
             run.append(f"config {weights_info_path(weights)}")
-        png = curves_path(dict(args, seed=seed))
-        if png.is_file():
+        png = curves_path(RunConfig.from_args(dict(args, seed=seed))) if args["model_name"] == KUDA else None
+        if png is not None and png.is_file():
             run.append(f"training curves {png}")
         lines.append(f"  seed {seed}: " + "; ".join(run))
     return "Outputs:\n" + "\n".join(lines)

@@ -37,6 +37,7 @@ from ..model import KuDAConfig, build_branch, text_encoder_info
 from .checkpoints import (MODALITY_NAMES, STAGE1_PARTIAL_FORMAT, atomic_save, check_knowledge_origin, data_content,
                           cpu_state_dict, describe_differences, knowledge_paths, plain, read_checkpoint,
                           read_knowledge, read_resume, save_knowledge)
+from .run_config import RunConfig
 from .optim import load_optimizer_state, make_adamw
 from .step import TrainStep, graphs_wanted
 
@@ -77,35 +78,31 @@ BRANCH_KEYS = ("av_hidden_size", "av_layers", "av_heads", "av_ff_size", "av_drop
                "authors_dropout", "fusion_mode")
 
 
-def job_from_args(args: Mapping[str, Any], device=None, num_workers: int = 0,
-                  command: Optional[str] = None) -> Stage1Job:
-    """A Stage1Job from an MMSA args mapping (config + data facts + data fingerprint)."""
-    model = KuDAConfig.from_dict(args)
-    dataset = args.get("knowledge_from") or args["dataset_name"]
+def job_for_run(run: RunConfig, device=None, num_workers: int = 0, command: Optional[str] = None) -> Stage1Job:
+    """The stage-1 job of a run (its model and stage-1 settings, its data, its knowledge folder)."""
+    model = run.model
+    dataset = run.knowledge_dataset
     job = Stage1Job(
-        model=model, pretrain=dict(args["pretrain"]), paths={},
-        origin={"dataset": dataset, "data": args.get("data_fingerprint"),
-                "encoder": text_encoder_info(model.pretrained)},
-        has_unimodal_labels=bool(args.get("has_unimodal_labels", True)),
-        device=device or args.get("device") or "cpu", seed=int(setting(args, "pretrain.seed")),
-        num_workers=int(num_workers or 0), progress=bool(setting(args, "progress")),
-        masked=not model.authors("padding"),
-        data_name=Path(str(args.get("custom_feature") or args.get("featurePath") or "")).name,
-        cuda_graphs=args["cuda_graphs"])
-    job.paths = knowledge_paths(args.get("knowledge_dir"), dataset, args.get("pretrained"), job.settings())
-    job.command = command or pretrain_command(args)
+        model=model, pretrain=run.pretrain_settings(), paths={},
+        origin={"dataset": dataset, "data": run.data_fingerprint, "encoder": text_encoder_info(model.pretrained)},
+        has_unimodal_labels=bool(run.has_unimodal_labels),
+        device=device or run.device or "cpu", seed=int(run.pretrain.seed),
+        num_workers=int(num_workers or 0), progress=bool(run.places.progress),
+        masked=not model.authors("padding"), data_name=Path(str(run.feature_file or "")).name,
+        cuda_graphs=run.train.cuda_graphs)
+    job.paths = knowledge_paths(run.places.knowledge_dir, dataset, model.pretrained, job.settings())
+    job.command = command or pretrain_command(run)
     return job
 
 
-def pretrain_command(args: Mapping[str, Any]) -> str:
-    dataset = args.get("knowledge_from") or args["dataset_name"]
-    cmd = f"python -m kuda_mmsa pretrain -d {dataset}"
-    if args.get("custom_feature") and not args.get("knowledge_from"):
-        cmd += f" --feature-file {args['custom_feature']}"
-    if args.get("pretrained_arg"):
-        cmd += f" --pretrained {args['pretrained_arg']}"
-    if args.get("knowledge_dir"):
-        cmd += f" --knowledge-dir {args['knowledge_dir']}"
+def pretrain_command(run: RunConfig) -> str:
+    cmd = f"python -m kuda_mmsa pretrain -d {run.knowledge_dataset}"
+    if run.custom_feature and not run.train.knowledge_from:
+        cmd += f" --feature-file {run.custom_feature}"
+    if run.pretrained_arg:
+        cmd += f" --pretrained {run.pretrained_arg}"
+    if run.places.knowledge_dir:
+        cmd += f" --knowledge-dir {run.places.knowledge_dir}"
     return cmd
 
 
@@ -271,9 +268,9 @@ def _up_to_date(job: Stage1Job, modality: str) -> Optional[str]:
     return describe_differences(plain(have), want)
 
 
-def data_label(args: Mapping[str, Any]) -> str:
-    """The feature file a run reads, for messages."""
-    return str(args.get("custom_feature") or args.get("featurePath") or args.get("dataset_name") or "the data")
+def data_label(run: RunConfig) -> str:
+    """How messages name the run's data: its file, else its dataset."""
+    return str(run.feature_file or run.dataset_name or "the data")
 
 
 def check_text_data(datasets: Optional[Mapping[str, Any]], pretrained: Any, where: str, hint: str = "") -> Optional[dict]:

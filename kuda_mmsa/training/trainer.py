@@ -30,7 +30,6 @@ from tqdm import tqdm  # not tqdm.auto: its asyncio flavour calls iter() in __in
                        # workers, prefetches), so results changed with -n
 
 from .. import __version__, plots
-from ..config.schema import KEYS, setting
 from ..errors import KudaTrainingError
 from ..files import atomic_write_text, remove_stale_temps
 from . import distributed
@@ -40,29 +39,29 @@ from .evaluation import batch_inputs, eval_forward
 from .metrics import lower_is_better, metrics_for
 from .optim import load_optimizer_state, make_adamw, make_schedule
 from .precision import autocast, choose, detect
-from .stage1 import check_text_data, data_label, ensure_knowledge, job_from_args
+from .run_config import RunConfig
+from .stage1 import check_text_data, data_label, ensure_knowledge, job_for_run
 from .step import TrainStep, graphs_wanted
-from .transfer import freeze_knowledge, is_cross_dataset, knowledge_modalities, load_cross_dataset_knowledge
+from .transfer import freeze_knowledge, knowledge_modalities, load_cross_dataset_knowledge
 
 logger = logging.getLogger("MMSA")
 
-# Keys that define a run's result (the 'run' section only says where things are).
-RESULT_KEYS = tuple(k.name for k in KEYS if k.section in ("model", "train"))
 
-
-def curves_path(args) -> Path:
+def curves_path(run: RunConfig) -> Path:
     """Where a run's training-curve PNG goes: next to MMSA's log, one per seed."""
-    folder = Path(args.get("log_dir") or Path(str(args["model_save_path"])).parent)
-    return folder / f"{args['model_name']}-{args['dataset_name']}-seed{args.get('seed')}-curves.png"
+    folder = Path(run.log_dir or Path(str(run.model_save_path)).parent)
+    return folder / f"{run.model_name}-{run.dataset_name}-seed{run.seed}-curves.png"
 
 
 class KuDATrainer:
-    def __init__(self, args):
-        self.args = args
-        self.metrics = metrics_for(args.get("metrics_name") or "SIMS")
+    """MMSA's trainer protocol; ``run``: the RunConfig, or MMSA's args (read once, here)."""
+
+    def __init__(self, run):
+        self.run = run = RunConfig.from_args(run)
+        self.metrics = metrics_for(run.metrics_name or "SIMS")
         self.criterion = nn.MSELoss()
-        self.ce_weight = float(setting(args, "ce_weight"))
-        self.precision, why = choose(setting(args, "precision"), detect(args["device"]))
+        self.ce_weight = float(run.train.ce_weight)
+        self.precision, why = choose(run.train.precision, detect(run.device))
         logger.info(f"Precision {self.precision} ({why}).")
         self.history = []
         self.knowledge = {}
@@ -76,17 +75,17 @@ class KuDATrainer:
         return getattr(model, "Model", model)
 
     def _resume_path(self) -> Path:
-        return Path(str(self.args["model_save_path"]) + ".resume")
+        return Path(str(self.run.model_save_path) + ".resume")
 
     def fingerprint(self) -> dict:
         """Everything that defines this run's result (compared before resuming)."""
-        a = self.args
+        run = self.run
         return plain({
-            "version": __version__, "model": a["model_name"], "dataset": a["dataset_name"],
-            "seed": a.get("seed"), "config": {k: a.get(k) for k in RESULT_KEYS},
-            "KeyEval": a["KeyEval"], "precision": self.precision,
-            "data": a.get("data_fingerprint"), "knowledge": self.knowledge,
-            "world_size": a.get("world_size", 1),
+            "version": __version__, "model": run.model_name, "dataset": run.dataset_name,
+            "seed": run.seed, "config": run.result_config(),
+            "KeyEval": run.train.KeyEval, "precision": self.precision,
+            "data": run.data_fingerprint, "knowledge": self.knowledge,
+            "world_size": run.world_size,
         })
 
     def load_knowledge(self, model, datasets=None) -> None:
@@ -94,21 +93,21 @@ class KuDATrainer:
         missing and auto_pretrain is on), then frozen. In a data-parallel run rank 0 alone
         does it (the others wait, then receive the weights from rank 0 with the model)."""
         kuda = self._kuda(model)
-        args = self.args
+        run = self.run
         # token ids made by another tokenizer than the text encoder's are refused before training
-        check_text_data(datasets, args.get("pretrained"), f"the feature file '{data_label(args)}'")
-        if not setting(args, "use_knowledge"):
+        check_text_data(datasets, run.model.pretrained, f"the feature file '{data_label(run)}'")
+        if not run.model.use_knowledge:
             logger.info("use_knowledge is off: adapters and decoders start from random weights and train.")
             return
-        job = job_from_args(args, device=args["device"])
+        job = job_for_run(run, device=run.device)
 
         def prepare():
-            if is_cross_dataset(args):      # knowledge_from another dataset: training/transfer.py
-                return load_cross_dataset_knowledge(kuda, args, datasets, device=args["device"])[:2]
+            if run.cross_dataset:      # knowledge_from another dataset: training/transfer.py
+                return load_cross_dataset_knowledge(kuda, run, datasets, device=run.device)[:2]
             # Parallel sweep cells share the knowledge folder: one of them runs stage 1.
             with distributed.file_lock(job.paths["T"].parent):
-                paths = ensure_knowledge(job, datasets, auto_pretrain=bool(setting(args, "auto_pretrain")),
-                                         allow_other_data=bool(args.get("knowledge_from")))
+                paths = ensure_knowledge(job, datasets, auto_pretrain=bool(run.train.auto_pretrain),
+                                         allow_other_data=bool(run.train.knowledge_from))
             uids = {}
             for m, path in paths.items():
                 ckpt = load_knowledge_into(kuda.branches[m], path, m, job.command)
@@ -122,16 +121,16 @@ class KuDATrainer:
             folder, self.knowledge = self.dist.on_main(prepare)
         else:
             folder, self.knowledge = prepare()
-        if setting(args, "freeze_knowledge"):
-            freeze_knowledge(kuda, knowledge_modalities(args))
+        if run.train.freeze_knowledge:
+            freeze_knowledge(kuda, knowledge_modalities(run))
         logger.info(f"Loaded stage-1 knowledge from {folder}")
 
     # ------------------------------------------------------------------ train
     def do_train(self, model, dataloader, return_epoch_results=False):
-        args = self.args
+        run, train = self.run, self.run.train
         ctx = self.dist
-        device = args["device"]
-        save_path = Path(str(args["model_save_path"]))
+        device = run.device
+        save_path = Path(str(run.model_save_path))
         self.load_knowledge(model, {s: dl.dataset for s, dl in dataloader.items()})
         model.to(device)
         net = model
@@ -139,18 +138,18 @@ class KuDATrainer:
             ctx.sync_module(model)      # rank 0's initialisation and knowledge on every rank
             net = distributed.wrap(model, device)
         params = [p for p in model.parameters() if p.requires_grad]
-        graphs, why = graphs_wanted(args["cuda_graphs"], device, ctx.distributed)
+        graphs, why = graphs_wanted(train.cuda_graphs, device, ctx.distributed)
         logger.info(f"Training steps {'captured in a CUDA graph' if graphs else 'eager'} ({why}).")
-        optimizer = make_adamw(params, lr=float(args["learning_rate"]), weight_decay=float(args["weight_decay"]),
+        optimizer = make_adamw(params, lr=float(train.learning_rate), weight_decay=float(train.weight_decay),
                                capturable=graphs)
-        max_epochs = int(args["epochs"])
+        max_epochs = int(train.epochs)
         train_loader = dataloader["train"]
         total_steps = max_epochs * max(len(train_loader), 1)
-        scheduler = make_schedule(optimizer, total_steps, float(args["warmup_ratio"]))
+        scheduler = make_schedule(optimizer, total_steps, float(train.warmup_ratio))
         kuda = self._kuda(model)
-        train_step = TrainStep(self._forward_loss(net), params, optimizer, float(args.get("grad_clip") or 0), device,
+        train_step = TrainStep(self._forward_loss(net), params, optimizer, float(train.grad_clip or 0), device,
                                graphs=graphs, blockers=kuda.capture_blockers(), check=kuda.check_inputs)
-        key = args["KeyEval"]
+        key = train.KeyEval
         minimize = lower_is_better(key)
         best_valid = float("inf") if minimize else -float("inf")
         epoch, best_epoch = 0, 0
@@ -164,7 +163,7 @@ class KuDATrainer:
             for p in (save_path, resume):
                 remove_stale_temps(p)
             state, note = read_resume(resume, RESUME_FORMAT, fingerprint, "Interrupted training state",
-                                      refuse=not args.get("is_tune", False))
+                                      refuse=not run.is_tune)
             if state is None:
                 # Weights at the save path from an earlier run must never be tested as this run's.
                 save_path.unlink(missing_ok=True)
@@ -190,10 +189,10 @@ class KuDATrainer:
             shuffle_gen.set_state(state["shuffle_rng"])
             logger.info(f"Resuming stage 2 after epoch {epoch} from {resume}")
         else:
-            distributed.seed_rank(ctx, int(args.get("seed") or 0))
+            distributed.seed_rank(ctx, int(run.seed or 0))
 
-        progress = bool(setting(args, "progress")) and ctx.is_main
-        stop = epoch > 0 and epoch - best_epoch >= int(args["early_stop"])
+        progress = bool(run.places.progress) and ctx.is_main
+        stop = epoch > 0 and epoch - best_epoch >= int(train.early_stop)
         while epoch < max_epochs and not stop:
             epoch += 1
             net.train()
@@ -233,11 +232,11 @@ class KuDATrainer:
                 then = f"then delete {resume} and run again" if epoch > 1 else "then run again"
                 raise KudaTrainingError(
                     f"Training diverged: the loss became non-finite ({mean_loss}) in epoch {epoch} of seed "
-                    f"{args.get('seed')}; {where}, and {state_note}. "
-                    f"Lower learning_rate (now {args['learning_rate']}) or set grad_clip, {then}.")
+                    f"{run.seed}; {where}, and {state_note}. "
+                    f"Lower learning_rate (now {train.learning_rate}) or set grad_clip, {then}.")
             train_results = self.metrics(y_pred, y_true)
             train_results["Loss"] = round(mean_loss, 4)
-            logger.info(f"TRAIN-(kuda) [{epoch - best_epoch}/{epoch}/{args.get('cur_seed', 1)}] >> "
+            logger.info(f"TRAIN-(kuda) [{epoch - best_epoch}/{epoch}/{run.cur_seed}] >> "
                         f"loss: {mean_loss:.4f} ce: {sum_ce / max(n, 1):.4f} "
                         + " ".join(f"{k}: {v:.4f}" for k, v in train_results.items() if k != "Loss"))
             val_results = self.do_test(model, dataloader["valid"], mode="VAL")
@@ -253,7 +252,7 @@ class KuDATrainer:
                 epoch_results["train"].append(train_results)
                 epoch_results["valid"].append(val_results)
                 epoch_results["test"].append(self.do_test(model, dataloader["test"], mode="TEST"))
-            stop = epoch - best_epoch >= int(args["early_stop"])
+            stop = epoch - best_epoch >= int(train.early_stop)
             rngs = ctx.all_gather(torch.get_rng_state()) if ctx.distributed else None
             if ctx.is_main:
                 state = {"format": RESUME_FORMAT, "fingerprint": fingerprint, "model": cpu_state_dict(model),
@@ -276,7 +275,7 @@ class KuDATrainer:
                     f"nothing can be tested. Check the data and the learning rate.")
             resume.unlink(missing_ok=True)
             logger.info(f"Best validation {key} {best_valid:.4f} at epoch {best_epoch}; weights in {save_path}")
-            if setting(args, "plots"):
+            if run.places.plots:
                 self.save_curves(key)
 
         ctx.on_main(finish) if ctx.distributed else finish()
@@ -284,7 +283,7 @@ class KuDATrainer:
 
     def _forward_loss(self, net):
         """The step's forward and loss: MSE + ce_weight * CE (+ the ratio's auxiliary loss)."""
-        device, precision = self.args["device"], self.precision
+        device, precision = self.run.device, self.precision
 
         def forward_loss(x):
             labels = x["labels"]
@@ -301,17 +300,16 @@ class KuDATrainer:
     def write_sidecar(self, save_path: Path, epoch: int, valid: float) -> None:
         """``<weights>.json``: the configuration and data the weights were trained with, so that
         explain / evaluate / robustness rebuild exactly this model."""
-        a = self.args
-        info = {"format": "kuda_mmsa.weights-info/1", "version": __version__, "model": a["model_name"],
-                "dataset": a["dataset_name"], "seed": a.get("seed"), "epoch": epoch, "valid": {a["KeyEval"]: valid},
-                "config": {k: a.get(k) for k in RESULT_KEYS}, "pretrained": a.get("pretrained"),
-                "feature_file": a.get("custom_feature") or a.get("featurePath"),
-                "data": a.get("data_fingerprint")}
+        run = self.run
+        info = {"format": "kuda_mmsa.weights-info/1", "version": __version__, "model": run.model_name,
+                "dataset": run.dataset_name, "seed": run.seed, "epoch": epoch, "valid": {run.train.KeyEval: valid},
+                "config": run.result_config(), "pretrained": run.model.pretrained,
+                "feature_file": run.feature_file, "data": run.data_fingerprint}
         atomic_write_text(weights_info_path(save_path), json.dumps(plain(info), indent=1))
 
     def save_curves(self, key):
         """Training curves PNG next to MMSA's log (never fails the run)."""
-        path = curves_path(self.args)
+        path = curves_path(self.run)
         try:
             if plots.save_training_curves(self.history, path, key) is not None:
                 logger.info(f"Training curves: {path}")
@@ -324,12 +322,12 @@ class KuDATrainer:
         valid: the optimiser updates the weights in place)."""
         model = distributed.unwrap(model)
         if self._eval_for is not model:
-            graphs, _ = graphs_wanted(self.args["cuda_graphs"], self.args["device"])
-            self._eval, self._eval_for = eval_forward(model, self.args["device"], self.precision, graphs), model
+            graphs, _ = graphs_wanted(self.run.train.cuda_graphs, self.run.device)
+            self._eval, self._eval_for = eval_forward(model, self.run.device, self.precision, graphs), model
         return self._eval
 
     def do_test(self, model, dataloader, mode="VAL", return_sample_results=False):
-        p = distributed.predict_split(self.dist, model, dataloader, self.args["device"], self.precision,
+        p = distributed.predict_split(self.dist, model, dataloader, self.run.device, self.precision,
                                       forward=self._eval_forward(model))
         results = self.metrics(p.pred, p.labels)
         results["Loss"] = round(float(self.criterion(p.pred, p.labels)), 4)

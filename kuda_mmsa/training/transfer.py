@@ -36,12 +36,12 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..config.schema import setting
 from ..data import FeatureSpec, read_features, text_encoder_vocab_size
 from ..errors import KudaCheckpointError, KudaInputError
 from .checkpoints import MODALITY_NAMES, load_knowledge_into, read_knowledge
 from .distributed import file_lock
-from .stage1 import check_text_data, ensure_knowledge, job_from_args, pretrain_command
+from .run_config import RunConfig
+from .stage1 import check_text_data, ensure_knowledge, job_for_run, pretrain_command
 
 logger = logging.getLogger("MMSA")
 
@@ -49,16 +49,11 @@ logger = logging.getLogger("MMSA")
 DATA_SHAPED = {"proj.": "feature_dim", "pos": "seq_len"}
 
 
-def is_cross_dataset(args: Mapping[str, Any]) -> bool:
-    source = args.get("knowledge_from")
-    return bool(source) and source != args.get("dataset_name")
-
-
-def knowledge_modalities(args: Mapping[str, Any]) -> Tuple[str, ...]:
+def knowledge_modalities(run: RunConfig) -> Tuple[str, ...]:
     """The modalities whose adapters and decoders come from stage 1 (and are frozen)."""
-    if not setting(args, "use_knowledge"):
+    if not run.model.use_knowledge:
         return ()
-    if is_cross_dataset(args) and setting(args, "knowledge_text") == "scratch":
+    if run.cross_dataset and run.train.knowledge_text == "scratch":
         return ("V", "A")
     return ("T", "V", "A")
 
@@ -70,20 +65,20 @@ def freeze_knowledge(kuda: nn.Module, modalities: Iterable[str]) -> None:
 
 
 # ---------------------------------------------------------------------- the source data
-def source_info(args: Mapping[str, Any]) -> dict:
-    info = args.get("knowledge_source")
+def source_info(run: RunConfig) -> dict:
+    info = run.knowledge_source
     if not info or not info.get("feature_file"):
         raise KudaInputError(
-            f"knowledge_from '{args.get('knowledge_from')}' is set but the run's arguments do not say where "
+            f"knowledge_from '{run.train.knowledge_from}' is set but the run's arguments do not say where "
             f"that dataset's features are (knowledge_source). Build the run with kuda_mmsa.mmsa.args."
             f"build_args, or pass --knowledge-feature-file PATH.")
     return dict(info)
 
 
-def read_source(args: Mapping[str, Any], need_text: bool):
+def read_source(run: RunConfig, need_text: bool):
     """The source dataset's features, read and validated like a run's (FeatureSet)."""
-    info = source_info(args)
-    pretrained = args.get("pretrained")
+    info = source_info(run)
+    pretrained = run.model.pretrained
     hint = (f"knowledge_from '{info['dataset']}' reads its features from {info['feature_file']}: put the file "
             f"there (data root: --data-root; it comes from {info.get('download') or 'its download page'}) or "
             f"pass the file with --knowledge-feature-file PATH.")
@@ -94,18 +89,17 @@ def read_source(args: Mapping[str, Any], need_text: bool):
     return read_features(spec)
 
 
-def source_job(args: Mapping[str, Any], features, device=None, num_workers: int = 0):
+def source_job(run: RunConfig, features, device=None, num_workers: int = 0):
     """The stage-1 job on the source dataset: this run's settings and text encoder, the
     source's data, dims and labels; its knowledge lives under <knowledge_dir>/<source>/."""
-    info = source_info(args)
-    src = dict(args)
-    src.update(dataset_name=info["dataset"], knowledge_from=None, custom_feature=info["feature_file"],
-               featurePath=info["feature_file"], data_fingerprint=features.fingerprint,
-               feature_dims=[int(args["feature_dims"][0])] + list(features.feature_dims[1:]),
-               seq_lens=list(features.seq_lens), label_range=list(info["label_range"]),
-               has_unimodal_labels=bool(info.get("has_unimodal_labels")),
-               pretrained_arg=args.get("pretrained_arg") or args.get("pretrained"))
-    return job_from_args(src, device=device, num_workers=num_workers, command=pretrain_command(src))
+    info = source_info(run)
+    src = run.with_(dataset_name=info["dataset"], knowledge_from=None, custom_feature=info["feature_file"],
+                    feature_path=info["feature_file"], data_fingerprint=features.fingerprint,
+                    feature_dims=[int(run.model.feature_dims[0])] + list(features.feature_dims[1:]),
+                    seq_lens=list(features.seq_lens), label_range=list(info["label_range"]),
+                    has_unimodal_labels=bool(info.get("has_unimodal_labels")),
+                    pretrained_arg=run.pretrained_arg or run.model.pretrained)
+    return job_for_run(src, device=device, num_workers=num_workers, command=pretrain_command(src))
 
 
 # ---------------------------------------------------------------------- loading
@@ -163,44 +157,44 @@ def transfer_state(branch: nn.Module, state: Mapping[str, torch.Tensor], modalit
     return {"loaded": sorted(loaded), "fresh": sorted(fresh)}
 
 
-def load_cross_dataset_knowledge(kuda: nn.Module, args: Mapping[str, Any], datasets=None, device=None,
+def load_cross_dataset_knowledge(kuda: nn.Module, run: RunConfig, datasets=None, device=None,
                                  num_workers: int = 0) -> Tuple[str, Dict[str, Optional[str]], Dict[str, dict]]:
     """Knowledge from dataset ``knowledge_from`` into ``kuda`` (stage 1 on it first where it is
     missing and ``auto_pretrain`` is on). Returns (where it came from, {modality: checkpoint
     uid or None}, {modality: {"source", "path", "loaded", "fresh", "rescaled"}})."""
-    info = source_info(args)
+    info = source_info(run)
     source = info["dataset"]
-    text_mode = setting(args, "knowledge_text")
-    auto = bool(setting(args, "auto_pretrain"))
+    text_mode = run.train.knowledge_text
+    auto = bool(run.train.auto_pretrain)
     from_source = ["V", "A"] + (["T"] if text_mode == "source" else [])
-    features = read_source(args, need_text="T" in from_source)
-    job = source_job(args, features, device=device, num_workers=num_workers)
+    features = read_source(run, need_text="T" in from_source)
+    job = source_job(run, features, device=device, num_workers=num_workers)
     if "T" in from_source:
-        checked = check_text_data(features.splits, args.get("pretrained"), f"the feature file '{info['feature_file']}' of "
+        checked = check_text_data(features.splits, run.model.pretrained, f"the feature file '{info['feature_file']}' of "
                         f"'{source}' (knowledge_from)",
                         hint=f"With knowledge_from, the text knowledge is trained on '{source}' with this run's "
                              f"text encoder; set knowledge_text: own (this dataset's own text knowledge) or "
                              f"scratch (a -c config key, or --knowledge-text of reproduce) when '{source}' is tokenised for another "
                              f"encoder.")
-        if checked is None and info.get("language") and info.get("language") != args.get("language"):
+        if checked is None and info.get("language") and info.get("language") != run.language:
             raise KudaInputError(
                 f"knowledge_text is 'source', so the text knowledge would be trained on '{source}' "
-                f"({info.get('language')}) with this run's text encoder {args.get('pretrained')!r}, which has no "
-                f"tokenizer files here to check that '{source}''s token ids are its own, and '{args.get('dataset_name')}' "
-                f"is in another language ({args.get('language')}). Set knowledge_text: own (this dataset's own text "
+                f"({info.get('language')}) with this run's text encoder {run.model.pretrained!r}, which has no "
+                f"tokenizer files here to check that '{source}''s token ids are its own, and '{run.dataset_name}' "
+                f"is in another language ({run.language}). Set knowledge_text: own (this dataset's own text "
                 f"knowledge) or scratch, or pass a --pretrained folder that holds the tokenizer.")
     with file_lock(job.paths["V"].parent):     # parallel cells share the source's knowledge folder
         paths = ensure_knowledge(job, features.splits, auto_pretrain=auto, allow_other_data=False,
                                  modalities=from_source)
     config = kuda.config
-    target_range = args.get("label_range")
+    target_range = run.label_range
     report, uids, where = {}, {}, [f"{', '.join(from_source)} from {job.paths['V'].parent}"]
     for m in from_source:
         ckpt = read_knowledge(paths[m], m, job.command)
         meta = ckpt.get("meta", {})
         src = {"dataset": source, "feature_dim": meta.get("feature_dim"), "seq_len": meta.get("seq_len"),
                "encoder": meta.get("encoder")}
-        tgt = {"dataset": args.get("dataset_name"), "encoder": job.origin["encoder"],
+        tgt = {"dataset": run.dataset_name, "encoder": job.origin["encoder"],
                "feature_dim": config.feature_dim(m) if m != "T" else meta.get("feature_dim"),
                "seq_len": config.seq_len(m) if m != "T" else meta.get("seq_len")}
         branch = kuda.branches[m]
@@ -213,12 +207,12 @@ def load_cross_dataset_knowledge(kuda: nn.Module, args: Mapping[str, Any], datas
         scale = (f"; decoder rescaled from {list(info['label_range'])} to {list(target_range)}" if rescaled else "")
         logger.info(f"Knowledge from '{source}' ({MODALITY_NAMES[m]}): {len(moved['loaded'])} tensors loaded{note}{scale}.")
     if text_mode == "own":
-        own = job_from_args(dict(args, knowledge_from=None), device=device, num_workers=num_workers)
+        own = job_for_run(run.with_(knowledge_from=None), device=device, num_workers=num_workers)
         with file_lock(own.paths["T"].parent):
             path = ensure_knowledge(own, datasets, auto_pretrain=auto, allow_other_data=False, modalities=["T"])["T"]
         ckpt = load_knowledge_into(kuda.branches["T"], path, "T", own.command)
         uids["T"] = ckpt["meta"].get("uid")
-        report["T"] = {"source": args.get("dataset_name"), "path": str(path), "rescaled": False,
+        report["T"] = {"source": run.dataset_name, "path": str(path), "rescaled": False,
                        "loaded": sorted(kuda.branches["T"].state_dict()), "fresh": []}
         where.append(f"T from {path.parent} (this dataset's own)")
         logger.info(f"Knowledge for text: this dataset's own ({path}); knowledge_text is 'own'.")
@@ -230,5 +224,5 @@ def load_cross_dataset_knowledge(kuda: nn.Module, args: Mapping[str, Any], datas
     return "; ".join(where), uids, report
 
 
-__all__ = ["DATA_SHAPED", "is_cross_dataset", "knowledge_modalities", "freeze_knowledge", "read_source", "source_job",
+__all__ = ["DATA_SHAPED", "knowledge_modalities", "freeze_knowledge", "read_source", "source_job",
            "rescale_decoder", "transfer_state", "load_cross_dataset_knowledge"]
