@@ -147,7 +147,7 @@ def cell_fingerprint(variant: Variant, dataset: str, feature_file=None, config_f
     from ..mmsa.args import RUN_KEYS, build_args, plain_args
     from ..model.encoders import text_encoder_info
     from ..training.checkpoints import plain
-    from ..training.runs import PLACE_KEYS
+    from ..mmsa.run_files import PLACE_KEYS
 
     register()
     args, _ = build_args(variant.model, dataset, config_file if variant.is_kuda else None,

@@ -7,7 +7,7 @@ MMSA's own models and trainers for stock models. What it adds, before any traini
 configuration is checked against the schema (kuda) or MMSA's keys (stock models), the output
 folders must be writable and the results CSVs able to take the row, left-over temp files of
 killed writes are removed, and the data is read and validated. During training: each run
-writes under its own name and holds its lock (kuda_mmsa.training.runs), so runs sharing the
+writes under its own name and holds its lock (kuda_mmsa.mmsa.run_files), so runs sharing the
 folders never test each other's weights, and MMSA's weights file becomes the newest finished
 run's; weights an earlier run left at the save path are never tested as this run's; a
 diverging run stops with a clear error. Each seed's row goes to ``<dataset>-seeds.csv`` as
@@ -44,7 +44,7 @@ from ..files import (append_csv_row, atomic_path, check_csv_target, ensure_writa
                      remove_stale_temps)
 from ..training import distributed
 from ..training.checkpoints import weights_info_path
-from ..training.runs import RunFiles
+from .run_files import RunFiles
 from ..training.metrics import lower_is_better
 from ..sweeps.cells import Cell
 from ..sweeps.executors import Executor, InlineExecutor, describe_result, run_cells
@@ -123,7 +123,7 @@ def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool =
              on_epoch=None, reuse: bool = False, outcome: Optional[dict] = None) -> Dict[str, float]:
     """Train and test one seed (MMSA's _run), with checks: the data is validated before the
     model is built, no stale weights are tested, a diverging stock model is a clear error.
-    The run writes under its own name (kuda_mmsa.training.runs: dataset, model, seed and a
+    The run writes under its own name (kuda_mmsa.mmsa.run_files: dataset, model, seed and a
     settings id) and holds its lock while alive; once tested, MMSA's ``<model>-<dataset>.pth``
     becomes its weights. ``reuse``: a run an earlier process already finished (its result
     record matches) is not trained again; its recorded results are returned. ``outcome``

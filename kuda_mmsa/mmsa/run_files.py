@@ -33,7 +33,7 @@ from .. import __version__
 from ..config.schema import KEYS
 from ..errors import KudaInputError
 from ..files import LockHeld, atomic_path, atomic_write_text, file_lock, lock_path, remove_stale_temps
-from .checkpoints import plain, weights_info_path
+from ..training.checkpoints import plain, weights_info_path
 
 logger = logging.getLogger("MMSA")
 
