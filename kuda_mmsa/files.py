@@ -117,6 +117,14 @@ def default_result_root() -> Path:
     return Path.home() / "MMSA" / "results"
 
 
+def output_folder(out, kind: str, name: str, res_save_dir=None) -> Path:
+    """``--out`` when given, else ``<res_save_dir or ~/MMSA/results>/<kind>/<name>``."""
+    if out:
+        return Path(out).expanduser()
+    root = Path(res_save_dir).expanduser() if res_save_dir else default_result_root()
+    return root / kind / name
+
+
 def default_data_root() -> Path:
     """$MMSA_DATA_ROOT, else ~/MMSA/datasets (--data-root overrides both)."""
     return Path(os.environ.get("MMSA_DATA_ROOT") or Path.home() / "MMSA" / "datasets").expanduser()

@@ -26,7 +26,7 @@ def _mmsa_csv_mean(run_dir: Path, metric: str) -> float:
 
 
 def test_ablation_runs_variants_writes_csv_table_and_resumes(tiny_demo_pickle, tiny_cfg, tmp_path, monkeypatch):
-    from kuda_mmsa.cli import ablate as ablation
+    from kuda_mmsa.experiments import ablation
 
     out = tmp_path / "abl"
     res = ablation.run_ablation("demo", [7], ["kuda", "kuda_static"], out,
@@ -79,7 +79,7 @@ def test_unknown_variant_is_a_clear_error(tmp_path):
 
 
 def test_variant_registry_covers_the_issue():
-    from kuda_mmsa.cli.variants import VARIANTS
+    from kuda_mmsa.experiments.variants import VARIANTS
 
     assert VARIANTS["kuda_reference"].config == {"fusion_mode": "reference"}
     assert VARIANTS["kuda_static"].config == {"use_ratio": False}
@@ -92,8 +92,8 @@ def test_variant_registry_covers_the_issue():
 def test_pretrained_reaches_every_variant_that_has_a_text_encoder(tiny_demo_pickle, kuda_cache):
     """ablate --pretrained: KuDA and the MMSA peers with a text encoder (Self-MM) get the named
     encoder, a peer without one (LF-DNN) is not given the key (MMSA would refuse it)."""
-    from kuda_mmsa.cli.ablate import cell_config, cell_fingerprint
-    from kuda_mmsa.cli.variants import VARIANTS
+    from kuda_mmsa.experiments.ablation import cell_config, cell_fingerprint
+    from kuda_mmsa.experiments.variants import VARIANTS
     from kuda_mmsa.data.tiny_encoders import ensure_tiny_encoder
 
     other = ensure_tiny_encoder("roberta", kuda_cache)       # not the demo's default encoder

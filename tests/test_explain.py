@@ -72,7 +72,7 @@ def test_explain_writes_csv_and_plots_matching_mmsa(trained, tiny_demo_data, tin
 
 
 def test_explain_groups_by_error_without_annotations(trained, write_variant, tmp_path):
-    from kuda_mmsa.cli import explain
+    from kuda_mmsa.experiments import explanation as explain
 
     d, cfg = trained
 

@@ -2,7 +2,7 @@
 included), read from the source, forms no cycle between modules, no loop between top-level
 packages, and never points up the layer order
 
-    base (errors, files, plots, registry) < config < ops < model < data < training < sweeps < mmsa < cli < __main__
+    base (errors, files, plots, registry) < config < ops < model < data < training < sweeps < mmsa < experiments < cli < __main__
 
 so that each package is importable and testable on its own, and model/ and ops/ never
 import anything above them."""
@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "kuda_mmsa"
 LAYERS = {"errors": 0, "files": 0, "plots": 0, "registry": 0, "": 0, "config": 1, "ops": 2, "model": 3, "data": 4,
-          "training": 5, "sweeps": 6, "mmsa": 7, "cli": 8, "__main__": 9}
+          "training": 5, "sweeps": 6, "mmsa": 7, "experiments": 8, "cli": 9,
+          "__main__": 10}
 
 
 def module_name(path: Path) -> str:

@@ -203,7 +203,7 @@ def trained_bf16(tiny_demo_pickle, tmp_path_factory):
 @pytest.mark.slow
 def test_every_command_reports_the_numbers_training_reported(trained_bf16, tiny_demo_pickle, tmp_path):
     from kuda_mmsa.cli.evaluate import evaluate
-    from kuda_mmsa.cli.explain import collect
+    from kuda_mmsa.experiments.explanation import collect
     from kuda_mmsa.cli.main import main
     from kuda_mmsa.mmsa.trained import load_trained
     from kuda_mmsa.training.evaluation import predict
@@ -291,7 +291,7 @@ def _row(scores, ratios, dominant):
 
 
 def test_ratio_placement_against_hand_counts():
-    from kuda_mmsa.cli.explain import describe_dominant
+    from kuda_mmsa.experiments.explanation import describe_dominant
     from kuda_mmsa.training.evaluation import dominant_fraction, ratio_placement
 
     rows = [

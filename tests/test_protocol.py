@@ -239,8 +239,8 @@ def test_fusion_variants_ignore_a_missing_modality():
 
 
 def test_new_variants_are_registered_and_run_through_the_ablation_runner(tiny_demo_pickle, cfg_file, module_dir):
-    from kuda_mmsa.cli import ablate
-    from kuda_mmsa.cli.variants import VARIANTS
+    from kuda_mmsa.experiments import ablation as ablate
+    from kuda_mmsa.experiments.variants import VARIANTS
 
     assert VARIANTS["kuda_concat"].config == {"fusion": "concat"}
     assert VARIANTS["kuda_add"].config == {"fusion": "add"}

@@ -245,7 +245,7 @@ def test_robustness_command_writes_csv_summary_and_plots(two_models, tiny_demo_p
 
 
 def test_ablation_runner_with_robustness(tiny_demo_pickle, tmp_path):
-    from kuda_mmsa.cli.ablate import run_ablation
+    from kuda_mmsa.experiments.ablation import run_ablation
 
     cfg = write_tiny_config(tmp_path / "tiny.yaml", epochs=1)
     res = run_ablation("demo", [7], ["kuda", "lf_dnn"], tmp_path / "abl", feature_file=str(tiny_demo_pickle),

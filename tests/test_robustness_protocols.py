@@ -310,7 +310,7 @@ def test_bad_protocol_options_are_one_paragraph(capsys, tmp_path):
 
 
 def test_ablation_runner_with_a_protocol(tiny_demo_pickle, tmp_path):
-    from kuda_mmsa.cli.ablate import run_ablation
+    from kuda_mmsa.experiments.ablation import run_ablation
 
     with pytest.raises(KudaInputError, match="'nope'"):          # refused before any cell trains
         run_ablation("demo", [7], ["kuda"], tmp_path / "bad", robustness={"protocol": "nope", "rates": [0]})

@@ -88,7 +88,7 @@ sys.exit(main(sys.argv[3:]))
 
 @pytest.mark.slow
 def test_runs_at_once_in_the_same_folders_each_test_their_own_weights(tmp_path, fast_cfg, tiny_demo_pickle):
-    from kuda_mmsa.cli.explain import collect
+    from kuda_mmsa.experiments.explanation import collect
 
     script, gate, paused = tmp_path / "paused_run.py", tmp_path / "go", tmp_path / "paused"
     script.write_text(PAUSED_RUN)
@@ -134,7 +134,7 @@ def test_runs_at_once_in_the_same_folders_each_test_their_own_weights(tmp_path, 
 # ---------------------------------------------------------------------- 2. ablation cells
 def test_ablate_runs_a_cell_again_when_its_config_or_data_changed(tmp_path, fast_cfg, tiny_demo_pickle,
                                                                    tiny_demo_data, write_variant):
-    from kuda_mmsa.cli import ablate
+    from kuda_mmsa.experiments import ablation as ablate
 
     cfg = write_tiny_config(tmp_path / "one.yaml", precision="fp32", use_knowledge=False, epochs=1)
     out, said = tmp_path / "abl", []
@@ -240,7 +240,7 @@ def test_an_empty_results_csv_gets_the_header_and_the_row(tmp_path, fast_cfg, ti
 # ---------------------------------------------------------------------- 6. concurrent appends
 APPENDER = r"""
 import sys
-from kuda_mmsa.cli import ablate
+from kuda_mmsa.experiments import ablation as ablate
 from kuda_mmsa.mmsa import run
 
 csv_file, table, tag, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

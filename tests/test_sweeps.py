@@ -53,7 +53,7 @@ def test_ablation_on_two_local_cpu_devices_is_parallel_and_resumable(tiny_demo_p
             "--feature-file", str(tiny_demo_pickle), "-c", str(tiny_cfg), "--knowledge-dir", str(tmp_path / "k"),
             "--no-plots", "-n", "0", "--devices", "cpu:2"]
     lines = []
-    from kuda_mmsa.cli import ablate
+    from kuda_mmsa.experiments import ablation as ablate
 
     res = ablate.run_ablation("demo", [7], ["kuda", "kuda_static"], out, feature_file=str(tiny_demo_pickle),
                               config_file=str(tiny_cfg), verbose_level=1, echo=lines.append,
@@ -83,7 +83,7 @@ def test_ablation_on_two_local_cpu_devices_is_parallel_and_resumable(tiny_demo_p
 
 def test_ablation_on_embedded_ray(tiny_demo_pickle, tiny_cfg, tmp_path):
     pytest.importorskip("ray")
-    from kuda_mmsa.cli import ablate
+    from kuda_mmsa.experiments import ablation as ablate
 
     lines = []
     with executors.RayExecutor(num_cpus=2) as ex:

@@ -13,12 +13,11 @@ import logging
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Dict
 
 from ..config.schema import KNOWLEDGE_TEXT
 from ..errors import KudaError
-from ..files import default_result_root
+from ..files import output_folder  # noqa: F401  (the commands' --out rule; the experiments use it too)
 from ..mmsa.defaults import default_workers, model_choices
 from ..mmsa.datasets import canonical_name, dataset_choices
 
@@ -154,14 +153,6 @@ def add_output_flags(parser, kind: str, name_rule: str) -> None:
     add_flags(parser, "res_save_dir")
     parser.add_argument("--out", type=str, default=None,
                         help=f"Output folder. Default: <--res-save-dir, else ~/MMSA/results>/{kind}/{name_rule}")
-
-
-def output_folder(out, kind: str, name: str, res_save_dir=None) -> Path:
-    """``--out`` when given, else ``<res_save_dir or ~/MMSA/results>/<kind>/<name>``."""
-    if out:
-        return Path(out).expanduser()
-    root = Path(res_save_dir).expanduser() if res_save_dir else default_result_root()
-    return root / kind / name
 
 
 def overrides(ns: argparse.Namespace) -> Dict[str, Any]:

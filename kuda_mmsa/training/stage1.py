@@ -385,6 +385,6 @@ def ensure_knowledge(job: Stage1Job, datasets: Optional[Mapping[str, Any]], auto
     return paths
 
 
-__all__ = ["Stage1Job", "job_from_args", "pretrain_command", "pretrain_unimodal", "ensure_knowledge",
+__all__ = ["Stage1Job", "job_for_run", "pretrain_command", "pretrain_unimodal", "ensure_knowledge",
            "branch_inputs", "unimodal_target", "step_inputs", "branch_training", "preserved_rng", "read_checkpoint",
            "check_text_data", "data_label"]
