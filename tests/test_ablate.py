@@ -52,6 +52,9 @@ def test_ablation_runs_variants_writes_csv_table_and_resumes(tiny_demo_pickle, t
     mae = float(rows[0]["MAE"])
     assert f"| kuda | 1 | " in md and f"{mae:.4f} ± 0.0000" in md
     assert "| kuda_static | 1 |" in md and next(x for x in md.splitlines() if "| kuda_static |" in x).endswith("| n/a |")
+    # what the README's Python example prints and names
+    assert res["csv"] == out / "ablation.csv" and res["markdown"] == out / "ablation.md"
+    assert f"{mae:.4f} ± 0.0000" in res["table"] and "kuda_static" in res["table"]
 
     # Second invocation through the command line: nothing runs again.
     from kuda_mmsa.mmsa import run as run_mod
