@@ -19,7 +19,7 @@ _MMSA_INDEX = {"T": 0, "A": 1, "V": 2}
 
 
 def default(name: str):
-    """The schema's default of model key ``name``, as a dataclass field default."""
+    """The schema's default of key ``name`` (any section), as a dataclass field default."""
     value = SCHEMA[name].default
     if isinstance(value, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(value))

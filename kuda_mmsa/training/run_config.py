@@ -19,55 +19,49 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from ..config.schema import SCHEMA, setting
 from ..model import KuDAConfig
-
-
-def _default(name: str):
-    value = SCHEMA[name].default
-    if isinstance(value, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(value))
-    return field(default=value)
+from ..model.config import default     # a field whose default is the schema's
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The schema's ``train`` section: stage 2 (see each key's help in the schema)."""
-    batch_size: int = _default("batch_size")
-    learning_rate: float = _default("learning_rate")
-    weight_decay: float = _default("weight_decay")
-    epochs: int = _default("epochs")
-    warmup_ratio: float = _default("warmup_ratio")
-    grad_clip: float = _default("grad_clip")
-    early_stop: int = _default("early_stop")
-    ce_weight: float = _default("ce_weight")
-    freeze_knowledge: bool = _default("freeze_knowledge")
-    per_rank_batch: bool = _default("per_rank_batch")
-    precision: str = _default("precision")
-    cuda_graphs: str = _default("cuda_graphs")
-    KeyEval: Optional[str] = _default("KeyEval")
-    auto_pretrain: bool = _default("auto_pretrain")
-    knowledge_from: Optional[str] = _default("knowledge_from")
-    knowledge_text: str = _default("knowledge_text")
+    batch_size: int = default("batch_size")
+    learning_rate: float = default("learning_rate")
+    weight_decay: float = default("weight_decay")
+    epochs: int = default("epochs")
+    warmup_ratio: float = default("warmup_ratio")
+    grad_clip: float = default("grad_clip")
+    early_stop: int = default("early_stop")
+    ce_weight: float = default("ce_weight")
+    freeze_knowledge: bool = default("freeze_knowledge")
+    per_rank_batch: bool = default("per_rank_batch")
+    precision: str = default("precision")
+    cuda_graphs: str = default("cuda_graphs")
+    KeyEval: Optional[str] = default("KeyEval")
+    auto_pretrain: bool = default("auto_pretrain")
+    knowledge_from: Optional[str] = default("knowledge_from")
+    knowledge_text: str = default("knowledge_text")
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """The schema's ``pretrain`` section: stage 1."""
-    learning_rate: float = _default("pretrain.learning_rate")
-    weight_decay: float = _default("pretrain.weight_decay")
-    batch_size: int = _default("pretrain.batch_size")
-    epochs: Dict[str, int] = _default("pretrain.epochs")
-    early_stop: int = _default("pretrain.early_stop")
-    seed: int = _default("pretrain.seed")
+    learning_rate: float = default("pretrain.learning_rate")
+    weight_decay: float = default("pretrain.weight_decay")
+    batch_size: int = default("pretrain.batch_size")
+    epochs: Dict[str, int] = default("pretrain.epochs")
+    early_stop: int = default("pretrain.early_stop")
+    seed: int = default("pretrain.seed")
 
 
 @dataclass(frozen=True)
 class PlacesConfig:
     """The schema's ``run`` section: where things are and what is shown (never a result)."""
-    data_root: Optional[str] = _default("data_root")
-    knowledge_feature_file: Optional[str] = _default("knowledge_feature_file")
-    knowledge_dir: Optional[str] = _default("knowledge_dir")
-    plots: bool = _default("plots")
-    progress: bool = _default("progress")
+    data_root: Optional[str] = default("data_root")
+    knowledge_feature_file: Optional[str] = default("knowledge_feature_file")
+    knowledge_dir: Optional[str] = default("knowledge_dir")
+    plots: bool = default("plots")
+    progress: bool = default("progress")
 
 
 SECTION_CLASSES = {"train": TrainConfig, "pretrain": PretrainConfig, "run": PlacesConfig}
