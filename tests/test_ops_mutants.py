@@ -218,3 +218,51 @@ def test_tensor_cores_are_asked_for_with_kuda_mmsa_tc_1(monkeypatch):
     assert ops.backend() == {"cpu": "compiled", "cuda": "compiled", "cuda_tc": "on"}
     monkeypatch.setattr(ops, "_BACKEND", {"cpu": "compiled", "cuda": "reference"})
     assert ops.backend()["cuda_tc"] == "off"
+
+
+# ---------------------------------------------------------------------- CUDA routing
+def _cuda_like(lk, d, dtype=torch.float32):
+    """q, k, v, weight as CUDA tensors without a GPU (fake tensors: shapes, dtypes and
+    devices only, no data), for the routing decision, which reads nothing else."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 3, 2, 4, d, dtype=dtype, device="cuda")
+        k = torch.empty(2, 3, 2, lk, d, dtype=dtype, device="cuda")
+        w = torch.empty(2, 3, device="cuda")
+    return q, k, k, w
+
+
+@pytest.mark.parametrize("mode", ["auto", "require"])
+def test_cuda_calls_take_the_route_the_docstring_gives(monkeypatch, mode):
+    """With a compiled CUDA op, auto mode runs the kernel in fp32 where the keys are at most
+    CUDA_KERNEL_MAX_KEYS (64) or the head dim at most CUDA_KERNEL_FP32_MAX_HEAD_DIM (16), and
+    SDPA for every other call (fp16/bf16 always); require always takes the kernel; a head dim
+    over 128 is not the CUDA kernel's (the reference then), though it is the CPU kernel's."""
+    monkeypatch.setattr(ops, "_BACKEND", {"cpu": "compiled", "cuda": "compiled"})
+    monkeypatch.setattr(ops, "_MODE", mode)
+    sdpa = "sdpa" if mode == "auto" else "kernel"
+    assert (ops.CUDA_KERNEL_MAX_KEYS, ops.CUDA_KERNEL_FP32_MAX_HEAD_DIM) == (64, 16)
+    cases = [  # (keys, head dim, dtype), route
+        ((64, 32, torch.float32), "kernel"), ((65, 32, torch.float32), sdpa),
+        ((500, 16, torch.float32), "kernel"), ((500, 17, torch.float32), sdpa),
+        ((64, 128, torch.float32), "kernel"), ((8, 16, torch.float16), sdpa), ((8, 16, torch.bfloat16), sdpa),
+    ]
+    for (lk, d, dtype), want in cases:
+        assert ops.route(*_cuda_like(lk, d, dtype)) == want, (lk, d, dtype)
+    assert ops.route(*_cuda_like(8, 129)) == "reference"                    # d > 128: not the CUDA kernel's
+    q, k, v, w, _ = _inputs(d=130)
+    assert ops.route(q, k, v, w) == "kernel"                                 # the CPU kernel takes it
+    monkeypatch.setattr(ops, "_BACKEND", {"cpu": "compiled", "cuda": "reference"})
+    assert ops.route(*_cuda_like(8, 32)) == "reference"                      # no CUDA op built
+
+
+def test_a_call_routed_to_sdpa_is_the_definition_with_its_mask_and_default_scale(monkeypatch):
+    """What auto mode runs for long keys on CUDA (SDPA, then the weight), here on the CPU:
+    the op's definition, with the mask and the default scale 1/sqrt(d) it was given."""
+    q, k, v, w, pad = _inputs(seed=4)
+    monkeypatch.setattr(ops, "route", lambda *a: "sdpa")
+    got = ops.ratio_cross_attention(q, k, v, w, pad)
+    torch.testing.assert_close(got.double(), _definition(q, k, v, w, pad, 1 / math.sqrt(8)), rtol=1e-5, atol=1e-5)
+    got = ops.ratio_cross_attention(q, k, v, w, pad, scale=0.3)
+    torch.testing.assert_close(got.double(), _definition(q, k, v, w, pad, 0.3), rtol=1e-5, atol=1e-5)
