@@ -141,3 +141,31 @@ def test_loaders_pass_workers_and_pinning_and_workers_seed_python_and_numpy_from
     seed = int(items[0][0]) % 2 ** 32                     # one worker: the same seed for both items
     py, npy = random.Random(seed), np.random.RandomState(seed)
     assert [(float(b), float(c)) for _, b, c in items] == [(py.random(), float(npy.random_sample())) for _ in items]
+
+
+def test_any_torch_seed_makes_split_generators():
+    """MMDataLoader seeds from torch.initial_seed(), which can be any 64-bit number."""
+    for seed in (0, 2 ** 63 + 5, 2 ** 64 - 1):
+        a, b = split_generator(seed, "train"), split_generator(seed, "train")
+        assert torch.randperm(20, generator=a).tolist() == torch.randperm(20, generator=b).tolist()
+
+
+def test_a_worker_seeds_python_and_numpy_from_its_torch_seed_modulo_2_to_the_32():
+    """What each worker process runs first (the loaders' worker_init_fn), here in this process
+    (the in-process twin of the worker test above): Python's and numpy's generators seeded
+    from torch.initial_seed() % 2 ** 32 (numpy takes no larger seed)."""
+    import random
+
+    init = make_loaders({"train": list(range(4))}, 2, 0)["train"].worker_init_fn
+    saved = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        seed = 2 ** 40 + 2 ** 32 + 12345
+        torch.manual_seed(seed)
+        init(0)
+        got = random.random(), float(np.random.random_sample())
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+    want = seed % 2 ** 32
+    assert got == (random.Random(want).random(), float(np.random.RandomState(want).random_sample()))
