@@ -87,3 +87,58 @@ def test_the_authors_combine_acts_in_dynamic_training_only():
     torch.testing.assert_close(m["off", "train"], m["off", "eval"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(m["on", "eval"], m["off", "eval"], rtol=1e-5, atol=1e-6)
     assert (m["on", "train"] - m["on", "eval"]).abs().max() > 1e-4
+
+
+def test_check_inputs_refuses_the_ids_forward_would_refuse():
+    """The host check a captured step runs (check_inputs) refuses token ids outside the text
+    encoder's vocabulary (VOCAB ids, written in test_model) and segment ids outside its token
+    types (BERT: 2), and passes a valid batch whatever else it is given."""
+    from test_model import VOCAB
+
+    from kuda_mmsa.errors import KudaInputError
+
+    model = make_model()
+    batch, _ = make_batch()
+    model.check_inputs(**batch)                                  # valid: no error
+    for bad_id in (VOCAB, -1):
+        bad = dict(batch, text=batch["text"].clone())
+        bad["text"][1, 0, 0] = bad_id
+        with pytest.raises(KudaInputError, match="vocabulary of 100 tokens"):
+            model.check_inputs(**bad)
+    bad = dict(batch, text=batch["text"].clone())
+    bad["text"][0, 2, 0] = 2                                     # segment id 2: BERT has types 0 and 1
+    with pytest.raises(KudaInputError, match="has 2 token types"):
+        model.check_inputs(**bad)
+
+
+def test_checkpointing_all_reaches_a_text_encoder_with_only_the_older_method_name():
+    """gradient_checkpointing: all also checkpoints a text encoder that has only
+    gradient_checkpointing_enable (transformers 4's name), and it still trains."""
+    from transformers import BertModel
+
+    from test_model import make_config
+
+    class OlderBert(BertModel):
+        @property
+        def activation_checkpointing_enable(self):        # as in transformers 4: no such method
+            raise AttributeError("activation_checkpointing_enable")
+
+        def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
+            # transformers 4's method (transformers 5 runs it as an override of its alias)
+            super().gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+    def on(b):      # transformers 5 name, else 4's
+        return bool(b.is_activation_checkpointing if hasattr(b, "is_activation_checkpointing")
+                    else b.is_gradient_checkpointing)
+
+    config = make_config(gradient_checkpointing="all")
+    torch.manual_seed(0)
+    bert = OlderBert(config.pretrained)
+    assert not hasattr(bert, "activation_checkpointing_enable") and not on(bert)
+    from kuda_mmsa.model import KuDA
+
+    model = KuDA(config, text_encoder=bert).train()
+    assert model.branches["T"].bert is bert and on(bert)
+    batch, y = make_batch()
+    model(**batch, labels=y)["M"].sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in bert.encoder.parameters())

@@ -102,3 +102,49 @@ def test_loading_asks_for_unimodal_labels_only_when_told(loader_args, write_vari
     loader.load_features(args)                                    # stage 2 needs only the multimodal label
     with pytest.raises(KudaInputError, match="regression_labels_V"):
         loader.load_features(dict(loader_args, featurePath=str(path)), require_unimodal_labels=True)
+
+
+def _with_a_test_split_of_42(data):
+    """The test split followed by the train samples (renamed): 42 samples, more than one
+    default batch."""
+    import numpy as np
+
+    test, train = data["test"], data["train"]
+    for key in test:
+        extra = np.array(["big_" + i for i in train[key]], dtype=object) if key == "id" else train[key]
+        test[key] = np.concatenate([test[key], extra])
+
+
+def test_args_without_batch_size_or_rank_mean_batches_of_32_and_rank_0(loader_args, write_variant):
+    """MMSA's own defaults: a global batch of 32, and rank 0 of a data-parallel run when
+    the rank is not given. References: the split's order in the file, cut as documented
+    (global batches, each split into contiguous halves over 2 ranks)."""
+    path = write_variant(_with_a_test_split_of_42)
+    args = {k: v for k, v in dict(loader_args, featurePath=str(path)).items() if k != "batch_size"}
+    with open(path, "rb") as f:
+        ids = list(pickle.load(f)["test"]["id"])
+    assert len(ids) == 42
+    torch.manual_seed(0)
+    test = loader.MMDataLoader(dict(args))["test"]
+    assert [len(b["id"]) for b in test] == [32, 10]
+    assert [i for b in test for i in b["id"]] == ids
+    share = lambda **kw: [i for b in loader.MMDataLoader(dict(args, world_size=2, **kw))["test"] for i in b["id"]]
+    rank0, rank1 = ids[:16] + ids[32:37], ids[16:32] + ids[37:]
+    assert share(rank=1) == rank1 and share(rank=0) == rank0
+    assert share() == rank0                                             # no rank: rank 0
+
+
+def test_the_loaders_use_the_workers_asked_for_and_pin_memory_only_for_a_cuda_device(loader_args, monkeypatch):
+    """MMDataLoader(args, num_workers) as MMSA's: no worker process unless asked for; pinned
+    (page-locked) batches only when the run's device is a CUDA device that is there."""
+    args = dict(loader_args, batch_size=8)
+    workers = lambda *n, **over: {s: d.num_workers for s, d in loader.MMDataLoader(dict(args, **over), *n).items()}
+    pinned = lambda **over: {s: d.pin_memory for s, d in loader.MMDataLoader(dict(args, **over)).items()}
+    none = {"train": 0, "valid": 0, "test": 0}
+    assert workers() == none and workers(None) == none and workers(0) == none
+    assert workers(2) == {"train": 2, "valid": 2, "test": 2}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)      # as on a GPU machine
+    assert set(pinned(device="cuda:0").values()) == {True} and set(pinned(device="cuda").values()) == {True}
+    assert set(pinned(device="cpu").values()) == {False} and set(pinned().values()) == {False}   # no device: CPU
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)     # asked for CUDA, none there
+    assert set(pinned(device="cuda").values()) == {False}

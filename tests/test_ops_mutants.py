@@ -218,3 +218,179 @@ def test_tensor_cores_are_asked_for_with_kuda_mmsa_tc_1(monkeypatch):
     assert ops.backend() == {"cpu": "compiled", "cuda": "compiled", "cuda_tc": "on"}
     monkeypatch.setattr(ops, "_BACKEND", {"cpu": "compiled", "cuda": "reference"})
     assert ops.backend()["cuda_tc"] == "off"
+
+
+# ---------------------------------------------------------------------- CUDA routing
+def _cuda_like(lk, d, dtype=torch.float32):
+    """q, k, v, weight as CUDA tensors without a GPU (fake tensors: shapes, dtypes and
+    devices only, no data), for the routing decision, which reads nothing else."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 3, 2, 4, d, dtype=dtype, device="cuda")
+        k = torch.empty(2, 3, 2, lk, d, dtype=dtype, device="cuda")
+        w = torch.empty(2, 3, device="cuda")
+    return q, k, k, w
+
+
+@pytest.mark.parametrize("mode", ["auto", "require"])
+def test_cuda_calls_take_the_route_the_docstring_gives(monkeypatch, mode):
+    """With a compiled CUDA op, auto mode runs the kernel in fp32 where the keys are at most
+    CUDA_KERNEL_MAX_KEYS (64) or the head dim at most CUDA_KERNEL_FP32_MAX_HEAD_DIM (16), and
+    SDPA for every other call (fp16/bf16 always); require always takes the kernel; a head dim
+    over 128 is not the CUDA kernel's (the reference then), though it is the CPU kernel's."""
+    monkeypatch.setattr(ops, "_BACKEND", {"cpu": "compiled", "cuda": "compiled"})
+    monkeypatch.setattr(ops, "_MODE", mode)
+    sdpa = "sdpa" if mode == "auto" else "kernel"
+    assert (ops.CUDA_KERNEL_MAX_KEYS, ops.CUDA_KERNEL_FP32_MAX_HEAD_DIM) == (64, 16)
+    cases = [  # (keys, head dim, dtype), route
+        ((64, 32, torch.float32), "kernel"), ((65, 32, torch.float32), sdpa),
+        ((500, 16, torch.float32), "kernel"), ((500, 17, torch.float32), sdpa),
+        ((64, 128, torch.float32), "kernel"), ((8, 16, torch.float16), sdpa), ((8, 16, torch.bfloat16), sdpa),
+    ]
+    for (lk, d, dtype), want in cases:
+        assert ops.route(*_cuda_like(lk, d, dtype)) == want, (lk, d, dtype)
+    assert ops.route(*_cuda_like(8, 129)) == "reference"                    # d > 128: not the CUDA kernel's
+    q, k, v, w, _ = _inputs(d=130)
+    assert ops.route(q, k, v, w) == "kernel"                                 # the CPU kernel takes it
+    monkeypatch.setattr(ops, "_BACKEND", {"cpu": "compiled", "cuda": "reference"})
+    assert ops.route(*_cuda_like(8, 32)) == "reference"                      # no CUDA op built
+
+
+def test_a_call_routed_to_sdpa_is_the_definition_with_its_mask_and_default_scale(monkeypatch):
+    """What auto mode runs for long keys on CUDA (SDPA, then the weight), here on the CPU:
+    the op's definition, with the mask and the default scale 1/sqrt(d) it was given."""
+    q, k, v, w, pad = _inputs(seed=4)
+    monkeypatch.setattr(ops, "route", lambda *a: "sdpa")
+    got = ops.ratio_cross_attention(q, k, v, w, pad)
+    torch.testing.assert_close(got.double(), _definition(q, k, v, w, pad, 1 / math.sqrt(8)), rtol=1e-5, atol=1e-5)
+    got = ops.ratio_cross_attention(q, k, v, w, pad, scale=0.3)
+    torch.testing.assert_close(got.double(), _definition(q, k, v, w, pad, 0.3), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cuda_build, cuda_home, gpu", [(None, None, False), ("12.4", "/usr/local/cuda", True),
+                                                        (None, "/usr/local/cuda", True), ("12.4", None, True),
+                                                        ("12.4", "/usr/local/cuda", False)])
+def test_the_jit_build_compiles_the_cuda_sources_only_with_cuda_torch_toolkit_and_gpu(
+        monkeypatch, tmp_path, cuda_build, cuda_home, gpu):
+    """csrc/cuda/*.cu join the build (with -DKUDA_WITH_CUDA, in a '..._cuda' cache folder) only
+    when torch is a CUDA build, the CUDA toolkit is found and a GPU is there; else a CPU-only
+    build of csrc/*.cpp. The cache folder is reused by the next build; the compiler is quiet
+    unless KUDA_MMSA_JIT_VERBOSE=1."""
+    from torch.utils import cpp_extension
+
+    (tmp_path / "src" / "cuda").mkdir(parents=True)
+    for name in ("b.cpp", "a.cpp", "cuda/k.cu"):
+        (tmp_path / "src" / name).write_text("")
+    monkeypatch.setattr(_loader, "_source_dir", lambda: tmp_path / "src")
+    monkeypatch.setenv("CXX", sys.executable)
+    monkeypatch.setenv("KUDA_MMSA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("KUDA_MMSA_JIT_VERBOSE", raising=False)
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: True)
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", cuda_home)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    calls = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: calls.append(kw))
+    _loader._jit_build()
+    _loader._jit_build()                                 # the cache folder exists: built again there
+    monkeypatch.setenv("KUDA_MMSA_JIT_VERBOSE", "1")
+    _loader._jit_build()
+    with_cuda = bool(cuda_build and cuda_home and gpu)
+    cpp = [str(tmp_path / "src" / n) for n in ("a.cpp", "b.cpp")]
+    first = calls[0]
+    assert first["sources"] == cpp + ([str(tmp_path / "src" / "cuda" / "k.cu")] if with_cuda else [])
+    assert ("-DKUDA_WITH_CUDA" in first["extra_cflags"]) == with_cuda and "-O3" in first["extra_cflags"]
+    assert "-DKUDA_WITH_CUDA" in first["extra_cuda_cflags"]
+    tag = f"torch{torch.__version__.replace('+', '_')}_{'cuda' if with_cuda else 'cpu'}"
+    assert Path(first["build_directory"]) == tmp_path / "cache" / tag and Path(first["build_directory"]).is_dir()
+    assert [c["build_directory"] for c in calls] == [first["build_directory"]] * 3
+    assert [c["verbose"] for c in calls] == [False, False, True]
+
+
+def _import_ops_afresh():
+    """Run kuda_mmsa/ops/__init__.py again as a fresh module (not put in sys.modules), as
+    `import kuda_mmsa.ops` runs it; returns (the module, the line of this file that ran it)."""
+    import importlib.util
+    import inspect
+
+    spec = importlib.util.spec_from_file_location("kuda_mmsa.ops", ops.__file__,
+                                                  submodule_search_locations=list(ops.__path__))
+    module = importlib.util.module_from_spec(spec)
+    line = inspect.currentframe().f_lineno + 1
+    spec.loader.exec_module(module)
+    return module, line
+
+
+def test_the_import_warnings_name_the_line_that_imported_the_ops(no_library, monkeypatch):
+    """A missing library, or an unknown KUDA_MMSA_KERNELS, is reported at the user's import
+    line (where `import kuda_mmsa.ops` ran), not inside the package."""
+    monkeypatch.setenv("KUDA_MMSA_KERNELS", "fast")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        fresh, line = _import_ops_afresh()
+    assert fresh.backend() == {"cpu": "reference", "cuda": "reference", "cuda_tc": "off"}
+    missing = [w for w in seen if issubclass(w.category, RuntimeWarning)]
+    mode = [w for w in seen if "KUDA_MMSA_KERNELS='fast'" in str(w.message)]
+    assert len(missing) == 1 and (missing[0].filename, missing[0].lineno) == (__file__, line)
+    assert mode and (mode[0].filename, mode[0].lineno) == (__file__, line)
+
+
+def test_the_op_without_a_mask_attends_to_every_key():
+    q, k, v, w, _ = _inputs(seed=7)
+    for scale in (None, 0.3):
+        got = ops.ratio_cross_attention(q, k, v, w, scale=scale)
+        want = _definition(q, k, v, w, None, 1 / math.sqrt(q.shape[-1]) if scale is None else scale)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- fake kernels
+_REFUSED = {  # inputs the compiled op refuses -> the words of its message
+    "q not 5-d": (dict(q=(3, 2, 4, 8)), r"q must be \[B, M, H, Lq, d\]"),
+    "k not 5-d": (dict(k=(3, 2, 5, 8), v=(3, 2, 5, 8)), r"k, v must be \[B, M, H, Lk, d\]"),
+    "v shaped unlike k": (dict(v=(2, 3, 2, 4, 8)), r"k,? (and )?v (must be|shapes differ)"),
+    "mixed dtypes": (dict(dtype_kv=torch.float64), r"q, k, v must share a dtype"),
+    "weight not [B, M]": (dict(weight=(3,)), r"weight must be \[B, M\]"),
+    "mask not bool": (dict(mask_dtype=torch.uint8), r"(key_padding_)?mask must be bool"),
+}
+
+
+def _raw_inputs(q=(2, 3, 2, 4, 8), k=(2, 3, 2, 5, 8), v=(2, 3, 2, 5, 8), weight=(2, 3),
+                dtype_kv=torch.float32, mask_dtype=torch.bool):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(q, generator=g), torch.randn(k, generator=g).to(dtype_kv),
+            torch.randn(v, generator=g).to(dtype_kv), torch.rand(weight, generator=g),
+            torch.zeros(k[:2] + k[-2:-1], dtype=mask_dtype))
+
+
+@pytest.mark.parametrize("case", list(_REFUSED))
+def test_the_fake_kernels_refuse_what_the_compiled_kernels_refuse(case):
+    """torch.compile traces the op with its fake (meta) kernels: they refuse each input the
+    compiled CPU kernel refuses, with the same kind of message, forward and backward."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    over, words = _REFUSED[case]
+    fwd, bwd = torch.ops.kuda_mmsa._ratio_cross_attention_fwd, torch.ops.kuda_mmsa._ratio_cross_attention_bwd
+    good_q, good_k, good_v, good_w, good_mask = _raw_inputs()
+    out, o_unw, lse = fwd(good_q, good_k, good_v, good_w, good_mask, 0.3)
+    x = _raw_inputs(**over)
+    grads = (torch.zeros(x[0].shape), torch.zeros(x[0].shape), torch.zeros(x[0].shape[:-1]))   # out, o_unw, lse
+    pattern = r"^ratio_cross_attention: " + words
+    for fake in (False, True):
+        mode = FakeTensorMode() if fake else None
+        with (mode if fake else torch.no_grad()):
+            conv = (lambda t: mode.from_tensor(t)) if fake else (lambda t: t)
+            args = [conv(t) for t in x]
+            g_out, g_unw, g_lse = (conv(t) for t in grads)
+            with pytest.raises(RuntimeError, match=pattern):
+                fwd(*args, 0.3)
+            with pytest.raises(RuntimeError, match=pattern):
+                bwd(g_out, *args, g_unw, g_lse, 0.3)
+    for fake in (False, True):                      # and they take the valid inputs
+        mode = FakeTensorMode() if fake else None
+        with (mode if fake else torch.no_grad()):
+            conv = (lambda t: mode.from_tensor(t)) if fake else (lambda t: t)
+            got = fwd(*(conv(t) for t in (good_q, good_k, good_v, good_w, good_mask)), 0.3)
+            assert [tuple(t.shape) for t in got] == [tuple(t.shape) for t in (out, o_unw, lse)]
+            got = bwd(*(conv(t) for t in (out, good_q, good_k, good_v, good_w, good_mask, o_unw, lse)), 0.3)
+            assert [tuple(t.shape) for t in got] == [tuple(t.shape) for t in (good_q, good_k, good_v, good_w)]

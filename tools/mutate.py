@@ -313,7 +313,8 @@ class Worker:
 
     def __init__(self, index: int, base: Path):
         self.dir = base / f"w{index}"
-        for name in ("kuda_mmsa", "tests", "configs"):
+        # csrc/ too: the copy is a source checkout, as the ops tests of the JIT build expect
+        for name in ("kuda_mmsa", "tests", "configs", "csrc"):
             shutil.copytree(ROOT / name, self.dir / name, symlinks=True,
                             ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis"))
         for name in ("pyproject.toml", "setup.py"):
