@@ -99,3 +99,9 @@ def test_the_knowledge_settings_hold_what_defines_it(kuda_args):
     assert job.paths["A"].name == "audio.pth" and job.paths["A"].parent.parent.parent.name == "demo"
     job.has_unimodal_labels = False
     assert job.settings()["target"] == "M"
+
+
+def test_each_modality_has_a_seed_stream_of_its_own():
+    # the module's promise: stage 1 of one modality never replays another's random draws or data order
+    assert set(stage1.MODALITY_STREAM) == {"T", "V", "A"}
+    assert len(set(stage1.MODALITY_STREAM.values())) == 3
