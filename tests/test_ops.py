@@ -467,6 +467,12 @@ def test_backend_reference_forced():
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
 
 
+
+def test_an_unknown_kernels_mode_warns_once_at_import():
+    r = _run_py("import warnings\nwarnings.simplefilter('default')\nimport kuda_mmsa.ops\n", KUDA_MMSA_KERNELS="fast")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("KUDA_MMSA_KERNELS='fast' is not one of") == 1, r.stderr
+
 def test_backend_require_raises_when_missing():
     r = _run_py(_HIDE_C + "import kuda_mmsa.ops\n", KUDA_MMSA_KERNELS="require")
     assert r.returncode != 0

@@ -56,7 +56,7 @@ from . import _loader
 from .reference import ratio_cross_attention_reference
 
 _MODE = _loader.mode()
-_BACKEND: Dict[str, str] = _loader.load()
+_BACKEND: Dict[str, str] = _loader.load(_MODE)
 if any(v != "reference" for v in _BACKEND.values()):
     from . import _registration  # noqa: F401  (fake kernels + autograd formula)
 

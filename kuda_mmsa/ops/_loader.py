@@ -82,10 +82,11 @@ def _jit_build() -> None:
     )
 
 
-def load() -> Dict[str, str]:
-    """Loads the op library if allowed; returns {"cpu": ..., "cuda": ...} with values
-    "compiled", "jit" or "reference"."""
-    m = mode()
+def load(m: Optional[str] = None) -> Dict[str, str]:
+    """Loads the op library if allowed (``m``: the mode already read, else read here, so that
+    an unknown value warns once); returns {"cpu": ..., "cuda": ...} with values "compiled",
+    "jit" or "reference"."""
+    m = mode() if m is None else m
     if m == "reference":
         return {"cpu": "reference", "cuda": "reference"}
     source = None
