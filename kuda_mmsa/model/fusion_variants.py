@@ -33,7 +33,9 @@ def modality_weights(weight: torch.Tensor, present: Optional[torch.Tensor]) -> t
     m = w.shape[-1]
     total = w.sum(-1, keepdim=True)
     uniform = torch.full_like(w, 1.0)
-    return torch.where(total > 0, m * w / total.clamp(min=1e-12), uniform)
+    # the clamp only keeps the unused branch finite (its gradient would be NaN): at the
+    # smallest normal number, any positive total still normalises to M
+    return torch.where(total > 0, m * w / total.clamp(min=torch.finfo(w.dtype).tiny), uniform)
 
 
 class SequenceFusion(nn.Module):
