@@ -303,7 +303,10 @@ def load_equivalent() -> Dict[str, str]:
             parts = [p.strip() for p in raw.split(" | ")]
             if len(parts) < 4:
                 raise SystemExit(f"mutate: {EQUIVALENT.name}: expected 'path | op@col | line | reason': {raw}")
-            out[" | ".join(parts[:3])] = parts[3]
+            # the source line may itself hold " | " (a bitwise or): path and operator are the
+            # first two fields, the reason the last, the line whatever lies between
+            line = " | ".join(parts[2:-1])
+            out[f"{parts[0]} | {parts[1]} | {line}"] = parts[-1]
     return out
 
 
