@@ -326,6 +326,58 @@ def test_the_authors_padding_averages_over_padded_steps(over):
         assert (model(**noisy)["M"] - model(**inputs)["M"]).abs().max() > 1e-4
 
 
+def _with_padding_content(inputs, value):
+    """inputs with every padded vision and audio frame set to `value` (real frames unchanged)."""
+    out = {k: v.clone() for k, v in inputs.items()}
+    for key in ("audio", "vision"):
+        pad = torch.arange(out[key].shape[1])[None, :] >= inputs[f"{key}_lengths"][:, None]
+        out[key][pad] = value
+    return out
+
+
+def test_zero_padding_keeps_padded_content_out_of_an_unmasked_prediction():
+    """zero_padding: means run over the padded length, as with mask_padding: false, yet what
+    padding holds never changes a prediction, its scores, ratios or CE loss: the model computes
+    exactly what the unmasked model computes on the same samples padded with zeros."""
+    zeroed = make_model(mask_padding=False, zero_padding=True).eval()
+    unmasked = make_model(mask_padding=False).eval()
+    inputs, _ = make_batch()
+    clean = _with_padding_content(inputs, 0.0)
+    with torch.no_grad():
+        want = unmasked(**clean)
+        for value in (5.0, -40.0):
+            got = zeroed(**_with_padding_content(inputs, value))
+            for k in ("M", "T", "V", "A", "ratio", "ce"):
+                torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5)
+
+
+def test_zero_padding_still_averages_over_the_padded_length():
+    """Zeroed padding is not masked: the padded steps still enter the means, so the same real
+    frames padded to the same length give another prediction than the masked model gives, and
+    a sample with more real frames differs from one whose extra frames are padding."""
+    zeroed = make_model(mask_padding=False, zero_padding=True).eval()
+    masked = make_model().eval()
+    inputs, _ = make_batch()
+    with torch.no_grad():
+        assert (zeroed(**inputs)["M"] - masked(**inputs)["M"]).abs().max() > 1e-4
+        longer = {k: v.clone() for k, v in inputs.items()}
+        longer["vision_lengths"] = torch.full_like(inputs["vision_lengths"], inputs["vision"].shape[1])
+        # the extra frames hold zeros either way: only whether they count as real differs
+        assert (zeroed(**longer)["M"] - zeroed(**inputs)["M"]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("over", [dict(), dict(fusion_mode="reference", mask_padding=False)])
+def test_zero_padding_changes_nothing_where_padding_is_masked_or_in_reference_mode(over):
+    """Masked, padding is ignored anyway; reference mode is the authors' computation, which
+    keeps what padding holds: zero_padding must not act in either."""
+    plain = make_model(**over).eval()
+    zeroed = make_model(zero_padding=True, **over).eval()
+    assert not zeroed.config.zeroes_padding()
+    inputs = _with_padding_content(make_batch()[0], 5.0)
+    with torch.no_grad():
+        torch.testing.assert_close(zeroed(**inputs)["M"], plain(**inputs)["M"], atol=0, rtol=0)
+
+
 def test_the_ratio_heads_losses_are_their_definitions():
     """Dynamic mode's auxiliary losses: reliability heads, the Gaussian NLL of each present
     modality's squared error, mean over present (sample, modality) pairs; the estimate

@@ -101,6 +101,24 @@ def test_the_knowledge_settings_hold_what_defines_it(kuda_args):
     assert job.settings()["target"] == "M"
 
 
+def test_zero_padding_names_its_own_knowledge_only_where_it_acts(kuda_args):
+    """Zeroed padding changes what the branches learn in stage 1, so it gets its own knowledge
+    folder; where it does not act (padding masked), the knowledge stays the default's."""
+    import dataclasses
+
+    from kuda_mmsa.training.checkpoints import settings_id
+
+    args, _ = kuda_args
+    job = stage1.job_for_run(RunConfig.from_args(args))
+    base = settings_id(job.settings())
+    inert = dataclasses.replace(job, model=dataclasses.replace(job.model, zero_padding=True))
+    assert settings_id(inert.settings()) == base
+    unmasked = dataclasses.replace(job, model=dataclasses.replace(job.model, mask_padding=False), masked=False)
+    zeroed = dataclasses.replace(unmasked, model=dataclasses.replace(unmasked.model, zero_padding=True))
+    assert zeroed.settings()["model"]["zero_padding"] is True
+    assert len({base, settings_id(unmasked.settings()), settings_id(zeroed.settings())}) == 3
+
+
 def test_each_modality_has_a_seed_stream_of_its_own():
     # the module's promise: stage 1 of one modality never replays another's random draws or data order
     assert set(stage1.MODALITY_STREAM) == {"T", "V", "A"}

@@ -81,6 +81,11 @@ KEYS: List[Key] = [
     _model("mask_padding", "bool", True,
            "Dynamic mode: padding is masked in attention, length alignment and every mean (stage 1 "
            "included). false = averaged over like real steps, as the authors do.", tunable=False),
+    _model("zero_padding", "bool", False,
+           "Dynamic mode with mask_padding false: padded vision and audio frames are set to 0 before "
+           "the encoders, so what padding holds cannot change a prediction, while the means still run "
+           "over the padded length (their share of padding tells a sample's length). No effect when "
+           "padding is masked or in reference mode.", tunable=False),
     _model("authors_dropout", "bool", False,
            "Dynamic mode with the authors' dropout: after the cross-attention's output projection, none "
            "in the DAF feed-forward, and on the attention probabilities of the encoders and adapters "

@@ -62,6 +62,9 @@ for _v in (
     Variant("kuda_unmasked", "kuda", {"mask_padding": False},
             "dynamic fusion, padding averaged over and attended to as by the authors (missing modalities then "
             "stay in F0 and the CE loss too)"),
+    Variant("kuda_zero_padding", "kuda", {"mask_padding": False, "zero_padding": True},
+            "dynamic fusion, padding averaged over as by the authors but zeroed first, so its content "
+            "cannot change a prediction"),
     Variant("kuda_authors_dropout", "kuda", {"authors_dropout": True},
             "dynamic fusion, the authors' dropout placement"),
     Variant("kuda_authors_combine", "kuda", {"authors_combine": True},

@@ -42,6 +42,7 @@ class KuDAConfig:
     use_adapters: bool = default("use_adapters")
     modality_dropout: float = default("modality_dropout")
     mask_padding: bool = default("mask_padding")
+    zero_padding: bool = default("zero_padding")
     authors_dropout: bool = default("authors_dropout")
     authors_combine: bool = default("authors_combine")
     fusion_layers: int = default("fusion_layers")
@@ -97,6 +98,12 @@ class KuDAConfig:
             return True
         return {"dropout": self.authors_dropout, "combine": self.authors_combine,
                 "padding": not self.mask_padding}[part]
+
+    def zeroes_padding(self) -> bool:
+        """Whether padded vision/audio frames are zeroed before the encoders: only where the
+        means run over padding (unmasked dynamic mode); masked, padding is ignored anyway, and
+        reference mode is the authors' computation, which keeps the padding's content."""
+        return self.zero_padding and self.fusion_mode != "reference" and not self.mask_padding
 
     def seq_len(self, m: str) -> int:
         return int(self.seq_lens[_MMSA_INDEX[m]])

@@ -207,6 +207,7 @@ class SequenceBranch(nn.Module):
         self.out_width = (2 if config.use_adapters else 1) * d
         self.decoder = UnimodalDecoder(self.out_width, config.decoder_dropout, d)
         self.trim_padding = True
+        self.zero_padding = config.zeroes_padding()
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor], masked: bool = True):
         b, l, f = x.shape
@@ -227,6 +228,9 @@ class SequenceBranch(nn.Module):
                 keep = int(lengths.max().clamp(min=1, max=l))
                 x, l = x[:, :keep], keep
             pad = padding_mask(lengths, l)
+            if self.zero_padding:
+                # padded frames enter the unmasked means; zeroed, only their number does
+                x = x.masked_fill(pad[..., None], 0)
         states = self.encoder(self.proj(x) + self.pos[:, :l], pad, return_all=True)
         specific = self.norm(states[-1])
         if self.adapters is not None:

@@ -66,6 +66,9 @@ class Stage1Job:
         """What defines the knowledge (all modalities, or one modality's training): compared
         on resume and reuse, and named by the knowledge folder."""
         model = {k: getattr(self.model, k) for k in BRANCH_KEYS}
+        if self.model.zeroes_padding():
+            # named only where it acts, so the knowledge of every other setting keeps its folder
+            model["zero_padding"] = True
         pretrain = dict(self.pretrain)
         if modality is not None:
             pretrain["epochs"] = pretrain["epochs"].get(modality)
