@@ -1,10 +1,9 @@
 """Reproducing the paper's table: per-dataset plans (encoders, knowledge, feature files), the
-probe before the long runs, the ablation runs and the report against the published numbers
-(``kuda-mmsa reproduce``)."""
+probe before the long runs and the ablation runs (``kuda-mmsa reproduce``); what it prints and
+writes is in reproduction_report, the published numbers in published."""
 
 from __future__ import annotations
 
-import csv
 import math
 import time
 from contextlib import contextmanager
@@ -14,9 +13,10 @@ from typing import Dict, List, Optional, Tuple
 
 from ..config.schema import KNOWLEDGE_TEXT
 from ..errors import KudaInputError
-from ..files import atomic_path, default_data_root, output_folder
+from ..files import output_folder
 from ..mmsa.datasets import DATASETS, canonical_name, dataset_choices, get_facts
-from .ablation import finished_cells, read_rows, run_ablation
+from .ablation import finished_cells, run_ablation
+from .reproduction_report import _default_file, describe_plan, write_report
 from .variants import VARIANTS, Variant, register_variant
 
 # numpy, torch, MMSA and the model are imported inside the functions that use them: `-h` and
@@ -40,57 +40,6 @@ DEFAULT_VARIANTS = KUDA_VARIANTS + PEERS
 
 
 DEFAULT_KNOWLEDGE_FROM = "simsv2"
-
-
-# ---------------------------------------------------------------------- published numbers
-SOURCES = {
-    "MMSA": "thuiar/MMSA, results/result-stat.md (\"Baseline results\", linked from MMSA's README section 4 "
-            "'Results'), Regression tables, unaligned data settings; https://github.com/thuiar/MMSA/blob/master/"
-            "results/result-stat.md. Published in percent (MAE x 100 too); shown here divided by 100.",
-}
-
-
-# The rows of that file's Regression tables for the peers run here, copied as published.
-_MMSA_REGRESSION = {
-    "mosi": ("Has0_acc_2 Has0_F1_score Non0_acc_2 Non0_F1_score Mult_acc_5 Mult_acc_7 MAE Corr", """
-        lf_dnn |77.52 |77.58 |78.63 |78.63 |38.05 |34.52 |95.48 |65.84
-        tfn |77.99 |78.03 |79.08 |79.06 |39.39 |34.46 |94.73 |67.33
-        lmf |77.9 |78.0 |79.18 |79.2 |38.13 |33.82 |95.04 |65.1
-        mult |79.71 |79.79 |80.98 |81.0 |42.68 |36.91 |87.99 |70.22
-        misa |81.84 |81.85 |83.54 |83.49 |47.08 |41.37 |77.65 |77.81
-        self_mm |83.0 |83.05 |84.82 |84.81 |52.66 |46.07 |72.44 |78.92"""),
-    "mosei": ("Has0_acc_2 Has0_F1_score Non0_acc_2 Non0_F1_score Mult_acc_5 Mult_acc_7 MAE Corr", """
-        lf_dnn |80.6 |80.35 |82.74 |82.95 |51.97 |50.83 |58.02 |70.87
-        tfn |78.5 |78.05 |81.89 |82.04 |53.1 |51.6 |57.26 |71.41
-        lmf |80.54 |80.14 |83.48 |83.6 |52.99 |51.59 |57.57 |71.69
-        mult |81.15 |80.73 |84.63 |84.73 |54.18 |52.84 |55.93 |73.31
-        misa |80.67 |80.12 |84.67 |84.68 |53.63 |52.05 |55.75 |75.15
-        self_mm |81.94 |81.62 |84.88 |85.02 |56.06 |54.4 |53.46 |75.87"""),
-    "sims": ("Mult_acc_2 Mult_acc_3 Mult_acc_5 F1_score MAE Corr", """
-        lf_dnn |77.02 |64.33 |39.74 |77.27 |44.63 |55.51
-        tfn |78.38 |65.12 |39.3 |78.62 |43.22 |59.1
-        lmf |77.77 |64.68 |40.53 |77.88 |44.12 |57.59
-        mult |78.56 |64.77 |37.94 |79.66 |45.32 |56.41
-        self_mm |80.04 |65.47 |41.53 |80.44 |42.50 |59.52"""),
-}
-
-
-def _published_table() -> Dict[Tuple[str, str, str], Tuple[float, str]]:
-    out = {}
-    for dataset, (header, body) in _MMSA_REGRESSION.items():
-        metrics = header.split()
-        for line in body.strip().splitlines():
-            cells = [c.strip() for c in line.split("|")]
-            for metric, value in zip(metrics, cells[1:]):
-                out[(dataset, cells[0], metric)] = (float(value) / 100.0, "MMSA")
-    return out
-
-
-PUBLISHED = _published_table()
-
-
-def published(dataset: str, variant: str, metric: str) -> Optional[Tuple[float, str]]:
-    return PUBLISHED.get((canonical_name(dataset), variant, metric))
 
 
 # ---------------------------------------------------------------------- the plan
@@ -317,61 +266,6 @@ def make_plan(datasets, seeds, variants, out: Path, zh=None, en=None, knowledge_
     return plans
 
 
-def _default_file(dataset, cfg) -> Optional[str]:
-    rel = DATASETS[dataset]["featurePath"]
-    if rel is None:
-        return None
-    root = Path(cfg["data_root"]).expanduser() if cfg.get("data_root") else default_data_root()
-    return str(root / rel)
-
-
-def _fmt_seconds(s: Optional[float]) -> str:
-    if s is None:
-        return "unknown (not probed)"
-    if s < 120:
-        return f"{s:.0f} s"
-    if s < 7200:
-        return f"{s / 60:.0f} min"
-    return f"{s / 3600:.1f} h"
-
-
-def describe_plan(plans: List[DatasetPlan], seeds, variants) -> str:
-    lines = [f"Reproduction plan: {len(plans)} dataset(s) x {len(variants)} variant(s) x {len(seeds)} seed(s) "
-             f"(seeds {', '.join(map(str, seeds))})"]
-    total_runs = total_known = 0
-    total_time = 0.0
-    for p in plans:
-        kinds = {v: VARIANTS[v] for v in variants}
-        lines.append(f"\n[{p.dataset}] features: {p.feature_file or _default_file(p.dataset, p.overrides) or 'generated'}; "
-                     f"text encoder: {p.encoder or DATASETS[p.dataset]['default_bert']}")
-        if p.overrides.get("knowledge_from"):
-            lines.append(f"  knowledge: V, A from '{p.overrides['knowledge_from']}' (paper's protocol: "
-                         f"{p.dataset} has no unimodal labels); text: {p.overrides['knowledge_text']}")
-        for k in p.knowledge:
-            lines.append(f"  stage 1 on {k['dataset']} ({' '.join(k['modalities'])}) for {', '.join(k['variants'])}: "
-                         f"{k['folder']} [{'present' if k['present'] else 'to run, inside the first cell that needs it'}]")
-        todo_kuda = sum(1 for v, _ in p.todo if kinds[v].is_kuda)
-        lines.append(f"  cells: {len(p.todo)} to run ({todo_kuda} KuDA, {len(p.todo) - todo_kuda} MMSA peers), "
-                     f"{len(p.done)} already finished")
-        lines.append(f"  estimated time per KuDA run: {_fmt_seconds(p.seconds_per_run)}"
-                     + (f"; missing stage 1: {_fmt_seconds(p.stage1_seconds)}" if p.stage1_seconds else "")
-                     + ("; MMSA peers not probed" if len(p.todo) > todo_kuda else ""))
-        for note in p.notes:
-            lines.append(f"  ! {note}")
-        total_runs += len(p.todo)
-        if p.seconds_per_run is not None:
-            total_known += todo_kuda
-            total_time += todo_kuda * p.seconds_per_run + (p.stage1_seconds or 0.0)
-    lines.append(f"\nRuns to do: {total_runs} (stage 2 cells; stage 1 runs inside them where missing).")
-    if total_known:
-        lines.append(f"Estimated time of the {total_known} probed KuDA run(s) with their stage 1: "
-                     f"{_fmt_seconds(total_time)} on this machine (one training step timed on synthetic inputs, "
-                     f"times the steps at the configured epochs; early stopping makes runs shorter).")
-    else:
-        lines.append("No run could be probed here (see the notes above): no time estimate.")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------------- running
 def _stock_takes_pretrained(model: str, dataset: str) -> bool:
     from ..mmsa.args import build_args
@@ -399,77 +293,6 @@ def peer_encoders(dataset: str, encoder: Optional[str], variants):
     finally:
         for v in saved.values():
             register_variant(v)
-
-
-def _summary(vals: List[float]) -> str:
-    import numpy as np
-
-    return f"{np.mean(vals):.4f} ± {np.std(vals):.4f}"
-
-
-def write_report(out: Path, plans: List[DatasetPlan], seeds, variants, command: str = "") -> Tuple[Path, Path]:
-    """reproduction.md (ours beside published numbers with sources) and reproduction.csv."""
-    import numpy as np
-
-    md, all_rows, used = [], [], set()
-    md.append("# Reproduction\n")
-    if command:
-        md.append(f"Command: `{command}`\n")
-    md.append(f"Seeds {', '.join(map(str, seeds))}; test split; MMSA's metrics (MetricsTop) at the epoch chosen on "
-              f"the validation split; ours = mean ± std (population, as MMSA) over the seeds that finished. "
-              f"`published` is a number we can cite, with its source below; Δ = ours − published. A cell without a "
-              f"source is empty. The KuDA paper's own numbers are not included: no source was transcribed.\n")
-    for p in plans:
-        rows = [r for r in read_rows(out / p.dataset / "ablation.csv")
-                if r["variant"] in variants and int(r["seed"]) in {int(s) for s in seeds}]
-        for r in rows:
-            all_rows.append({"dataset": p.dataset, **r})
-        md.append(f"\n## {p.dataset}\n")
-        md.append(f"Features: {p.feature_file or _default_file(p.dataset, p.overrides) or 'generated'}; text encoder: "
-                  f"{p.encoder or DATASETS[p.dataset]['default_bert']}"
-                  + (f"; knowledge from {p.overrides['knowledge_from']} (text: {p.overrides['knowledge_text']})"
-                     if p.overrides.get("knowledge_from") else "; knowledge from its own unimodal labels") + ".\n")
-        if p.feature_file:
-            md.append(f"Note: these features were given with --feature-file-for; published numbers are for "
-                      f"{p.dataset}'s own MMSA features, so the differences say nothing unless this file is that one.\n")
-        metrics = []
-        for r in rows:
-            metrics += [k for k in r if k not in ("variant", "model", "seed", "seconds", "DomFrac", "Loss", "cell")
-                        and k not in metrics]
-        md.append("| variant | metric | ours | seeds | published | Δ | source |")
-        md.append("|---|---|---|---|---|---|---|")
-        for v in variants:
-            mine = [r for r in rows if r["variant"] == v]
-            if not mine:
-                continue
-            for metric in metrics:
-                vals = [float(r[metric]) for r in mine if r.get(metric) not in (None, "")]
-                if not vals:
-                    continue
-                pub = published(p.dataset, v, metric)
-                if pub is not None:
-                    used.add(pub[1])
-                cells = [v, metric, _summary(vals), str(len(vals)),
-                         f"{pub[0]:.4f}" if pub else "", f"{np.mean(vals) - pub[0]:+.4f}" if pub else "",
-                         f"[{pub[1]}]" if pub else ""]
-                md.append("| " + " | ".join(cells) + " |")
-    md.append("\n## Sources\n")
-    if used:
-        md += [f"- [{k}] {SOURCES[k]}" for k in sorted(used)]
-    else:
-        md.append("- none of the rows above has a published number")
-    out.mkdir(parents=True, exist_ok=True)
-    md_path, csv_path = out / "reproduction.md", out / "reproduction.csv"
-    with atomic_path(md_path) as tmp:
-        Path(tmp).write_text("\n".join(md) + "\n", encoding="utf-8")
-    cols = ["dataset", "variant", "model", "seed"]
-    for r in all_rows:
-        cols += [k for k in r if k not in cols]
-    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, restval="")
-        w.writeheader()
-        w.writerows(all_rows)
-    return md_path, csv_path
 
 
 def reproduce(datasets=DEFAULT_DATASETS, seeds=DEFAULT_SEEDS, variants=DEFAULT_VARIANTS, out=None,
