@@ -51,3 +51,24 @@ def test_attention_probability_dropout_is_off_unless_asked():
     for module in (chain, adapter):
         rates = [m.attn_dropout for m in module.modules() if hasattr(m, "attn_dropout")]
         assert rates and all(float(r) == 0.0 for r in rates), rates
+
+
+def _linear_shapes(decoder):
+    return [tuple(m.weight.shape) for m in decoder.mlp if isinstance(m, nn.Linear)]
+
+
+def test_the_unimodal_decoder_narrows_from_the_encoder_width():
+    """mean over time -> w -> p/2 -> p/4 -> p/8 -> 1, p the encoder's width: w = 2p with the
+    adapters' knowledge concatenated, w = p without adapters; p = w/2 when not given."""
+    from kuda_mmsa.model.adapters import UnimodalDecoder
+
+    assert _linear_shapes(UnimodalDecoder(64, 0.0, 32)) == [(16, 64), (8, 16), (4, 8), (1, 4)]
+    assert _linear_shapes(UnimodalDecoder(32, 0.0, 32)) == [(16, 32), (8, 16), (4, 8), (1, 4)]   # no adapters
+    assert _linear_shapes(UnimodalDecoder(64, 0.0)) == [(16, 64), (8, 16), (4, 8), (1, 4)]
+    torch.manual_seed(0)
+    dec = UnimodalDecoder(D, 0.0, D).eval()
+    u = torch.randn(B, L, D)
+    pad = torch.tensor([[False] * L, [False] * 2 + [True] * 3])
+    with torch.no_grad():
+        means = torch.stack([u[0].mean(0), u[1, :2].mean(0)])
+        torch.testing.assert_close(dec(u, pad), dec.mlp(means))
