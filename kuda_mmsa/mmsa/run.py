@@ -91,8 +91,8 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
     """Train and test a model as MMSA_run does (see module docstring); ``config`` overrides
     the configuration (``config_source`` names where it came from in errors). Tuning only:
     ``executor`` runs the trials (kuda_mmsa.sweeps; None = one after another here),
-    ``tuner`` is 'random' (MMSA's search) or 'optuna'. Under torchrun: ``dist_backend``
-    (auto | nccl | gloo). Defaults as the command line's: ``num_workers`` min(8, CPUs) (MMSA: 4,
+    ``tuner`` is 'random' (MMSA's search) or 'optuna' (the registry TUNERS). Under torchrun:
+    ``dist_backend`` (auto | nccl | gloo). Defaults as the command line's: ``num_workers`` min(8, CPUs) (MMSA: 4,
     which makes torch warn on smaller machines), ``gpu_ids`` the GPU with the most free memory,
     else the CPU (MMSA: [0], a warning on a machine without a GPU)."""
     model_name, dataset_name = str(model_name).lower(), canonical_name(dataset_name)
