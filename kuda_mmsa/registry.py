@@ -1,4 +1,4 @@
-"""Registries: the one place a kind of thing (ratio rule, fusion, command) gets its name.
+"""Registries: the one place a kind of thing (ratio rule, fusion, command, tuner) gets its name.
 
 A new entry is registered where it is defined (``@RATIO_RULES.register()`` on a class with a
 ``name`` and a ``help``); the schema's choices, ``config keys``, ``-h`` and validation read the
@@ -87,3 +87,11 @@ for _name, _cls, _help in (
     ("late", "Late", "ablation: the output head on each modality; the weighted mean of their scores"),
 ):
     FUSIONS.declare(_name, f"kuda_mmsa.model.fusions:{_cls}", _help)
+
+TUNERS: Registry = Registry("tuner")
+for _name, _fn, _help in (
+    ("random", "tune_random", "MMSA's random search over the tune lists"),
+    ("optuna", "tune_optuna", "TPE over the same lists, pruning on the validation metric per epoch, the study in "
+                              "SQLite next to the tune CSV (a killed study resumes; -tt = the trials it should have)"),
+):
+    TUNERS.declare(_name, f"kuda_mmsa.experiments.tuning:{_fn}", _help)

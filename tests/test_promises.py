@@ -47,9 +47,9 @@ def test_every_torch_load_in_the_package_is_weights_only():
             calls.append(f"{path.relative_to(PACKAGE)}:{call.lineno}")
             assert isinstance(flag, ast.Constant) and flag.value is True, \
                 f"{path.relative_to(PACKAGE)}:{call.lineno} calls torch.load without weights_only=True"
-    # the two places that load: checkpoints.read_checkpoint and MMSA's run path (best weights)
+    # the two places that load: checkpoints.read_checkpoint and MMSA's run path (best weights, seed_run)
     assert any(c.startswith("training/checkpoints.py") for c in calls)
-    assert any(c.startswith("mmsa/run.py") for c in calls)
+    assert any(c.startswith("mmsa/seed_run.py") for c in calls)
 
 
 def test_the_run_path_never_runs_code_from_the_weights_it_tests(tmp_path, tiny_demo_pickle, monkeypatch):

@@ -17,6 +17,7 @@ import argparse
 
 from ..errors import KudaInputError
 from ..mmsa.datasets import canonical_name
+from ..registry import TUNERS
 from .common import Parser, add_flags, overrides, run_command
 
 DESCRIPTION = ("Train and test a model (KuDA or a stock MMSA model) with MMSA's loader, metrics, "
@@ -39,10 +40,8 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
                  "no_progress"):
         add_flags(g, name)
     t = p.add_argument_group("tuning in parallel (-t)")
-    t.add_argument("--tuner", type=str.lower, default="random", choices=["random", "optuna"],
-                   help="random: MMSA's random search over the tune lists; optuna: TPE over the same lists, "
-                        "pruning on the validation metric per epoch, the study in SQLite next to the tune CSV "
-                        "(a killed study resumes; -tt = the trials it should have). Default: random")
+    t.add_argument("--tuner", type=str.lower, default="random", choices=TUNERS.names(),
+                   help="; ".join(f"{n}: {TUNERS.help(n)}" for n in TUNERS) + ". Default: random")
     add_flags(t, "devices", "executor", "address")
     d = p.add_argument_group("data-parallel (torchrun --nproc_per_node N -m kuda_mmsa ...)")
     d.add_argument("--dist-backend", type=str.lower, default="auto", choices=["auto", "nccl", "gloo"],

@@ -19,15 +19,14 @@ Under torchrun (WORLD_SIZE > 1) a KuDA run is data-parallel (kuda_mmsa.training.
 each process takes the GPU of its LOCAL_RANK (or the CPU), the process group starts here,
 and rank 0 alone writes the result CSV, the log, the weights and the plots. Tuning (``-t``)
 may run its trials on an executor (local devices or Ray: kuda_mmsa.sweeps), with
-MMSA's random search or Optuna (``tuner='optuna'``).
+MMSA's random search or Optuna (``tuner='optuna'``): the tuners are the registry TUNERS,
+whose built-ins live in kuda_mmsa.experiments.tuning (imported when first used). One seed's
+training and testing is kuda_mmsa.mmsa.seed_run.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
-import gc
 import logging
-import sys
 import random
 import time
 from dataclasses import dataclass, field
@@ -35,24 +34,20 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
-import pandas as pd
 import torch
 
 from ..data.loaders import global_batch_size
 from ..errors import KudaInputError, KudaTrainingError
-from ..files import (append_csv_row, atomic_path, check_csv_target, ensure_writable_dir, file_lock, lock_path,
-                     remove_stale_temps)
+from ..files import append_csv_row, check_csv_target, ensure_writable_dir
 from ..training import distributed
 from ..training.checkpoints import weights_info_path
-from .run_files import RunFiles
-from ..training.metrics import lower_is_better
-from ..sweeps.cells import Cell
-from ..sweeps.executors import Executor, InlineExecutor, describe_result, run_cells
-from ..sweeps.tuner import EpochMonitor, OptunaReporter, OptunaTuner, TrialPruned
+from ..registry import TUNERS
+from ..sweeps.executors import Executor
 from . import patches
-from .args import KUDA, build_args, plain_args
+from .args import KUDA, build_args
 from .datasets import canonical_name
 from .defaults import default_workers
+from .seed_run import _add_handlers, run_seed, setup_seed
 
 logger = logging.getLogger("MMSA")
 DEFAULT_SEEDS = [1111, 1112, 1113, 1114, 1115]
@@ -86,126 +81,6 @@ class RunResult:
         return "\n".join([line(head)] + [line(r) for r in rows])
 
 
-def setup_seed(seed: int) -> None:
-    """MMSA's setup_seed (deterministic cuDNN included)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
-
-
-def _add_handlers(log_dir: Optional[Path], model_name: str, dataset_name: str, verbose_level: int,
-                  rank: int = 0) -> list:
-    """MMSA's log file and console; a data-parallel rank > 0 writes no log and shows errors
-    only (prefixed with its rank)."""
-    handlers = []
-    if log_dir is not None and rank == 0:
-        fh = logging.FileHandler(log_dir / f"{model_name}-{dataset_name}.log")
-        fh.setLevel(logging.DEBUG)
-        fh.setFormatter(logging.Formatter("%(asctime)s - %(name)s [%(levelname)s] - %(message)s"))
-        handlers.append(fh)
-    ch = logging.StreamHandler(sys.stderr)
-    if rank == 0:
-        ch.setLevel({0: logging.ERROR, 1: logging.INFO, 2: logging.DEBUG}.get(int(verbose_level), logging.INFO))
-        ch.setFormatter(logging.Formatter("%(name)s - %(message)s"))
-    else:
-        ch.setLevel(logging.ERROR)
-        ch.setFormatter(logging.Formatter(f"%(name)s [rank {rank}] - %(message)s"))
-    handlers.append(ch)
-    logger.setLevel(logging.DEBUG)
-    for h in handlers:
-        logger.addHandler(h)
-    return handlers
-
-
-def run_seed(args, num_workers: int = 0, is_tune: bool = False, log_args: bool = False,
-             on_epoch=None, reuse: bool = False, outcome: Optional[dict] = None) -> Dict[str, float]:
-    """Train and test one seed (MMSA's _run), with checks: the data is validated before the
-    model is built, no stale weights are tested, a diverging stock model is a clear error.
-    The run writes under its own name (kuda_mmsa.mmsa.run_files: dataset, model, seed and a
-    settings id) and holds its lock while alive; once tested, MMSA's ``<model>-<dataset>.pth``
-    becomes its weights. ``reuse``: a run an earlier process already finished (its result
-    record matches) is not trained again; its recorded results are returned. ``outcome``
-    (a dict) receives ``run`` (the RunFiles) and ``reused``.
-    ``on_epoch(epoch, validation results)`` runs after every KuDA epoch (it may raise to stop).
-    In a data-parallel run rank 0 reads the best weights and sends them to the others."""
-    ctx = distributed.current()
-    args.setdefault("settings_keys", sorted(args))     # before any trainer adds keys of its own
-    dataloader = patches.MMDataLoader(args, num_workers)
-    if log_args:  # after the data is read: the shapes and file the run really uses
-        logger.info(f"Running with args: {plain_args(args)}")
-    published = Path(args.get("published_save_path") or args["model_save_path"])
-    run = RunFiles.for_args(published, args)
-    args.update(published_save_path=published, model_save_path=run.weights, run_name=run.name)
-    if outcome is not None:
-        outcome.update(run=run, reused=False)
-    what = f"model {args['model_name']}, dataset {args['dataset_name']}, seed {args.get('seed')}"
-    with (run.locked(what) if ctx.is_main else contextlib.nullcontext()):
-        finished = run.finished_result(args) if (reuse and ctx.is_main) else None
-        finished = ctx.broadcast(finished) if ctx.distributed else finished
-        if finished is not None:
-            logger.info(f"Seed {args.get('seed')} was finished by an earlier run of this command (result record "
-                        f"{run.result}, weights {run.weights}): not trained again.")
-            if outcome is not None:
-                outcome["reused"] = True
-            return finished
-        res = _train_and_test(args, dataloader, run, is_tune, on_epoch)
-        if ctx.is_main and not is_tune:
-            run.publish()
-            if reuse:
-                run.write_result(res, args)
-    return res
-
-
-def _train_and_test(args, dataloader, run, is_tune: bool, on_epoch) -> Dict[str, float]:
-    ctx = distributed.current()
-    model = patches.AMIO(args).to(args["device"])
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(f"The model has {n_params} trainable parameters")
-    logger.info(f"Run {run.name}: weights {run.weights}")
-    trainer = patches.ATIO().getTrain(args)
-    if on_epoch is not None:
-        if hasattr(trainer, "epoch_callbacks"):
-            trainer.epoch_callbacks.append(on_epoch)
-        else:
-            logger.info(f"{args['model_name']}'s MMSA trainer reports no per-epoch validation: no pruning.")
-    save = Path(args["model_save_path"])
-    if ctx.is_main:
-        remove_stale_temps(save)
-        if args["model_name"] != KUDA:
-            save.unlink(missing_ok=True)        # the KuDA trainer decides itself (it may resume)
-    try:
-        trainer.do_train(model, dataloader)
-    except ValueError as e:
-        if "NaN" in str(e) or "infinity" in str(e):
-            raise KudaTrainingError(
-                f"Training of {args['model_name']} diverged (non-finite predictions: {str(e).splitlines()[0]}). "
-                f"Lower its learning_rate.") from None
-        raise
-
-    def load_best(net):
-        if not save.is_file():
-            raise KudaTrainingError(f"{args['model_name']} saved no weights at {save}: nothing can be tested.")
-        net.load_state_dict(torch.load(save, map_location=args["device"], weights_only=True))
-
-    if ctx.distributed:
-        ctx.on_main(functools.partial(load_best, model))
-        ctx.sync_module(model)
-    else:
-        load_best(model)
-    model.to(args["device"])
-    results = trainer.do_test(model, dataloader["test"], mode="TEST")
-    if is_tune and ctx.is_main:
-        save.unlink(missing_ok=True)        # MMSA deletes tune-mode weights
-        weights_info_path(save).unlink(missing_ok=True)
-    del model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    gc.collect()
-    return {k: float(v) for k, v in results.items() if isinstance(v, (int, float, np.floating))}
-
-
 def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config: dict = None,
              seeds: list = None, is_tune: bool = False, tune_times: int = 50, custom_feature: str = None,
              feature_T: str = None, feature_A: str = None, feature_V: str = None, gpu_ids: list = None,
@@ -216,8 +91,8 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
     """Train and test a model as MMSA_run does (see module docstring); ``config`` overrides
     the configuration (``config_source`` names where it came from in errors). Tuning only:
     ``executor`` runs the trials (kuda_mmsa.sweeps; None = one after another here),
-    ``tuner`` is 'random' (MMSA's search) or 'optuna'. Under torchrun: ``dist_backend``
-    (auto | nccl | gloo). Defaults as the command line's: ``num_workers`` min(8, CPUs) (MMSA: 4,
+    ``tuner`` is 'random' (MMSA's search) or 'optuna' (the registry TUNERS). Under torchrun:
+    ``dist_backend`` (auto | nccl | gloo). Defaults as the command line's: ``num_workers`` min(8, CPUs) (MMSA: 4,
     which makes torch warn on smaller machines), ``gpu_ids`` the GPU with the most free memory,
     else the CPU (MMSA: [0], a warning on a machine without a GPU)."""
     model_name, dataset_name = str(model_name).lower(), canonical_name(dataset_name)
@@ -234,7 +109,7 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
         raise KudaInputError(f"num_workers (-n) must be an integer >= 0; found {num_workers!r}.")
     gpu_ids = list(gpu_ids if gpu_ids is not None else [])
     tuner = str(tuner or "random").lower()
-    if tuner not in ("random", "optuna"):
+    if tuner not in TUNERS:
         raise KudaInputError(f"tuner must be 'random' (MMSA's search) or 'optuna'; got {tuner!r}.")
     if (executor is not None or tuner != "random") and not is_tune:
         raise KudaInputError(
@@ -291,9 +166,9 @@ def MMSA_run(model_name: str, dataset_name: str, config_file: str = None, config
                             f"global batch {batch} ({batch // ctx.world_size} per process); only rank 0 "
                             f"writes the results, the log, the weights and the plots.")
             if is_tune:
-                return _tune(model_name, dataset_name, config_file, config, config_source, seeds, tune_times,
-                             custom_feature, args, eff, dirs, num_workers, rng, executor=executor, tuner=tuner,
-                             gpu_ids=gpu_ids, verbose_level=verbose_level)
+                return TUNERS[tuner](model_name, dataset_name, config_file, config, config_source, seeds, tune_times,
+                                     custom_feature, args, eff, dirs, num_workers, rng, executor=executor,
+                                     gpu_ids=gpu_ids, verbose_level=verbose_level)
             if repeated:
                 logger.warning(f"Seed(s) {repeated} given more than once: each seed runs once (a repeated seed "
                                f"would give the same result again and shrink the std).")
@@ -433,192 +308,3 @@ def _append_csv(csv_file: Path, model_name: str, per_seed: List[Dict[str, float]
                        f"instead.")
     return where
 
-
-def _tune(model_name, dataset_name, config_file, config, config_source, seeds, tune_times, custom_feature,
-          initial, eff, dirs, num_workers, rng, executor=None, tuner="random", gpu_ids=(),
-          verbose_level=1) -> RunResult:
-    """MMSA's random search: ``tune_times`` draws, each trained with the first seed; a draw
-    already in the tune CSV is skipped. With an ``executor`` the draws run as parallel cells;
-    ``tuner='optuna'`` searches with Optuna instead (``_tune_optuna``)."""
-    if tuner == "optuna":
-        return _tune_optuna(model_name, dataset_name, config_file, config, config_source, seeds, tune_times,
-                            custom_feature, initial, eff, dirs, num_workers, executor, gpu_ids, verbose_level)
-    ctx = distributed.current()
-    logger.info(f"Tuning with seed {seeds[0]}")
-    csv_file = dirs["res_save_dir"] / "tune" / f"{dataset_name}-{model_name}.csv"
-    if ctx.is_main:
-        csv_file.parent.mkdir(parents=True, exist_ok=True)
-    d_paras = list(initial.get("d_paras") or [])
-    done = []
-    if ctx.is_main and csv_file.is_file():
-        df = pd.read_csv(csv_file)
-        done = [[df.loc[i, k] for k in d_paras] for i in range(len(df))]
-    done = ctx.broadcast(done)
-    result = RunResult(model_name, dataset_name, [seeds[0]], [], dict(initial))
-
-    def record(params, res):
-        if ctx.is_main:
-            with file_lock(lock_path(csv_file)):     # other tuners may add rows to the same file
-                df = pd.read_csv(csv_file) if csv_file.is_file() else pd.DataFrame(columns=d_paras + list(res))
-                df.loc[len(df)] = [params[c] for c in d_paras] + [res[k] for k in res]
-                with atomic_path(csv_file) as tmp:
-                    df.to_csv(tmp, index=None)
-        result.per_seed.append(res)
-        result.tune_rows.append({**{c: params[c] for c in d_paras}, **res})
-        logger.info(f"Results saved to {csv_file}.")
-
-    cells = []
-    for i in range(tune_times):
-        args, _ = build_args(model_name, dataset_name, config_file, config, config_source, tune=True,
-                             rng=rng, custom_feature=custom_feature)
-        for k in ("model_save_path", "device", "train_mode", "custom_feature", "feature_T", "feature_A",
-                  "feature_V", "log_dir", "is_tune", "world_size", "rank"):
-            args[k] = initial[k]
-        args["cur_seed"], args["seed"] = i + 1, seeds[0]
-        logger.info(f"{'-' * 30} Tuning [{i + 1}/{tune_times}] {'-' * 30}")
-        logger.info(f"Args: {plain_args(args)}")
-        cur = [args[k] for k in d_paras]
-        if cur in done:
-            logger.info("This set of parameters has been run. Skip.")
-            continue
-        done.append(cur)
-        if executor is not None:
-            params = {k: args[k] for k in d_paras}
-            cells.append(_trial_cell(f"random-{len(cells) + 1}-{_params_tag(params)}", model_name, dataset_name,
-                                     params, seeds[0], config_file, config, config_source, custom_feature,
-                                     initial, dirs, num_workers, verbose_level))
-            continue
-        setup_seed(seeds[0])
-        res = run_seed(args, num_workers, is_tune=True)
-        record({k: args[k] for k in d_paras}, res)
-    if cells:
-        logger.info(f"[tune] {len(cells)} trial(s) on {executor.describe()}")
-
-        def on_done(r):
-            logger.info(f"[tune] {r.key}: {describe_result(r)}")
-            if r.ok:
-                record(r.cell.kwargs["params"], r.value["results"])
-
-        failed = [r for r in run_cells(executor, cells, on_done) if not r.ok]
-        if failed:
-            logger.warning(f"[tune] {len(failed)} trial(s) failed (not in {csv_file}; run again to retry them).")
-    result.csv = csv_file
-    return result
-
-
-def _params_tag(params: dict) -> str:
-    import hashlib
-    import json
-
-    return hashlib.sha1(json.dumps(params, sort_keys=True, default=str).encode()).hexdigest()[:8]
-
-
-def _trial_cell(key, model_name, dataset_name, params, seed, config_file, config, config_source, custom_feature,
-                initial, dirs, num_workers, verbose_level, optuna=None) -> Cell:
-    trial_dir = dirs["res_save_dir"] / "tune" / f"{dataset_name}-{model_name}-trials" / key
-    kwargs = dict(model_name=model_name, dataset_name=dataset_name, params=dict(params), seed=int(seed),
-                  trial_dir=str(trial_dir), config_file=str(config_file) if config_file else None,
-                  config=dict(config or {}), config_source=config_source,
-                  custom_feature=str(custom_feature) if custom_feature else None,
-                  feature_T=initial.get("feature_T") or "", feature_A=initial.get("feature_A") or "",
-                  feature_V=initial.get("feature_V") or "", num_workers=int(num_workers or 0),
-                  verbose_level=int(verbose_level), optuna=optuna)
-    return Cell(key, run_trial, kwargs, trial_dir, label=key)
-
-
-def run_trial(model_name: str, dataset_name: str, params: dict, seed: int, trial_dir: str,
-              config_file: str = None, config: dict = None, config_source: str = "tuning trial",
-              custom_feature: str = None, feature_T: str = "", feature_A: str = "", feature_V: str = "",
-              num_workers: int = 0, verbose_level: int = 1, gpu_ids=None, optuna: dict = None) -> dict:
-    """One tuning trial (a sweep cell): MMSA's tune step for ``params`` with one seed, its
-    weights, log and resume state in ``trial_dir``. Returns {"results": test metrics, "valid":
-    the best validation KeyEval, "epochs", "pruned"}; with ``optuna`` (the study and trial)
-    every epoch's validation value is reported and the study may prune the trial."""
-    trial_dir = ensure_writable_dir(Path(trial_dir), "trial folder")
-    overrides = dict(config or {})
-    if model_name == KUDA:
-        overrides.update(params)                       # checked by the schema, like -c keys
-    args, _ = build_args(model_name, dataset_name, config_file, overrides or None,
-                         f"{config_source} + trial parameters", custom_feature=custom_feature)
-    if model_name != KUDA:
-        args.update(params)                            # MMSA's own tune keys, as its search sets them
-    save = trial_dir / f"{model_name}-{dataset_name}.pth"
-    args.update(model_save_path=save, device=patches.assign_gpu(list(gpu_ids or [])), train_mode="regression",
-                custom_feature=custom_feature, feature_T=feature_T or "", feature_A=feature_A or "",
-                feature_V=feature_V or "", log_dir=str(trial_dir), is_tune=True, cur_seed=1, seed=int(seed))
-    handlers = _add_handlers(trial_dir, model_name, dataset_name, verbose_level)
-    try:
-        logger.info(f"Trial parameters: {params}")
-        reporter = OptunaReporter(optuna, log=logger.warning) if optuna else None
-        monitor = EpochMonitor(args["KeyEval"], reporter)
-        setup_seed(int(seed))
-        try:
-            res = run_seed(args, num_workers, is_tune=True, log_args=True, on_epoch=monitor)
-        except TrialPruned as e:
-            logger.info(f"Trial {e}")
-            own = Path(args["model_save_path"])          # the trial's run files (run_seed set it)
-            for p in (own, weights_info_path(own), Path(str(own) + ".resume")):
-                p.unlink(missing_ok=True)
-            return {"pruned": True, "valid": monitor.best, "epochs": monitor.epochs, "results": None}
-        logger.info("Trial results: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
-        return {"pruned": False, "valid": monitor.best, "epochs": monitor.epochs, "results": res}
-    finally:
-        for h in handlers:
-            logger.removeHandler(h)
-            h.close()
-
-
-def _tune_optuna(model_name, dataset_name, config_file, config, config_source, seeds, tune_times, custom_feature,
-                 initial, eff, dirs, num_workers, executor, gpu_ids, verbose_level) -> RunResult:
-    """Optuna's TPE over the tune section's candidate lists (the schema-checked search space),
-    pruning on the validation KeyEval per epoch; the study lives in
-    ``<res>/tune/<dataset>-<model>-optuna.db`` and a killed study resumes; ``tune_times`` is
-    the number of finished trials the study should have. Each finished trial's parameters and
-    test metrics go to ``<res>/tune/<dataset>-<model>-optuna.csv``."""
-    if model_name != KUDA or eff is None:
-        raise KudaInputError(
-            f"--tuner optuna searches KuDA's typed config (the tune section of configs/kuda.yaml or -c); "
-            f"'{model_name}' is an MMSA model: tune it with -t (MMSA's random search).")
-    d_paras = list(eff.tune.get("d_paras") or [])
-    space = {k: list(eff.tune[k]) for k in d_paras}
-    key = initial["KeyEval"]
-    direction = "minimize" if lower_is_better(key) else "maximize"
-    tune_dir = dirs["res_save_dir"] / "tune"
-    db = tune_dir / f"{dataset_name}-{model_name}-optuna.db"
-    csv_file = tune_dir / f"{dataset_name}-{model_name}-optuna.csv"
-    study = OptunaTuner(db, f"{dataset_name}-{model_name}", direction, space, seed=seeds[0], log=logger.info)
-    executor = executor if executor is not None else InlineExecutor(gpu_ids)
-    logger.info(f"[tune] Optuna TPE, {direction} validation {key} over {', '.join(d_paras)}; study {db} has "
-                f"{study.finished()} finished trial(s), target {tune_times}; trials on {executor.describe()}.")
-    result = RunResult(model_name, dataset_name, [seeds[0]], [], dict(initial))
-
-    def make_cell(number, params, spec):
-        return _trial_cell(f"optuna-{number:04d}", model_name, dataset_name, params, seeds[0], config_file, config,
-                           config_source, custom_feature, initial, dirs, num_workers, verbose_level, optuna=spec)
-
-    def on_done(number, params, r, state):
-        value = r.value if isinstance(r.value, dict) else {}
-        shown = f"valid {key} {value['valid']:.4f}" if isinstance(value.get("valid"), float) else ""
-        if state == "complete":
-            res = value["results"]
-            row = {"trial": number, **params, f"valid_{key}": value["valid"], **res}
-            with file_lock(lock_path(csv_file)):
-                rows = pd.read_csv(csv_file).to_dict("records") if csv_file.is_file() else []
-                with atomic_path(csv_file) as tmp:
-                    pd.DataFrame(rows + [row]).to_csv(tmp, index=None)
-            result.per_seed.append(res)
-            result.tune_rows.append(row)
-            logger.info(f"[tune] trial {number} {params}: {describe_result(r)} ({shown})")
-        elif state == "pruned":
-            logger.info(f"[tune] trial {number} {params}: pruned after epoch {value.get('epochs')} ({shown})")
-        else:
-            logger.warning(f"[tune] trial {number} {params}: {describe_result(r)}")
-
-    ran = study.run(tune_times, executor, make_cell, on_done)
-    best = study.best()
-    if best is not None:
-        logger.info(f"[tune] best trial {best['number']}: validation {key} {best['value']:.4f} with {best['params']} "
-                    f"(ran {ran} trial(s) now; study {db}, rows {csv_file})")
-    result.csv = csv_file
-    result.study = best
-    return result
